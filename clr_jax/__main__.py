@@ -1,0 +1,5 @@
+"""``python -m clr_jax`` runs the ``clr-jax`` command line."""
+
+from clr_jax.cli import main
+
+raise SystemExit(main())

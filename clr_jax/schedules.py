@@ -1,0 +1,634 @@
+"""Cyclical learning-rate policies as Optax schedules.
+
+Every factory here checks its concrete settings in Python and returns a closure that
+does only `jax.numpy` arithmetic on the step, so the schedules work under `jax.jit`,
+`jax.vmap` and `jax.grad`, and every float hyperparameter may be a traced array (one
+compilation serves every value). The value at step ``t`` is the policy's formula with
+``t`` = the number of updates already applied: the first update uses ``t = 0``, as in
+Optax and PyTorch's ``CyclicLR``.
+
+Steps may be int32, int64, uint32 (Flax NNX's ``Optimizer.step``) or float. With an
+integer step and a whole-number cycle length the position inside the cycle is computed
+in integer arithmetic, so values stay exact to float32 rounding for every step up to
+``2**31 - 1``. Negative steps are treated as step 0.
+
+Policies that Optax already has are not repeated here: a fixed rate is
+`optax.constant_schedule`, step drops `optax.piecewise_constant_schedule`, "exp"
+`optax.exponential_decay`, staged policies `optax.join_schedules`, SGDR
+`optax.sgdr_schedule` and plateau drops `optax.contrib.reduce_on_plateau`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from clr_jax import _validation as v
+
+__all__ = [
+    "cyclical",
+    "cyclical_momentum",
+    "decay",
+    "exp_range",
+    "one_cycle",
+    "step_size_from_epochs",
+    "steps_for_cycles",
+    "triangular",
+    "triangular2",
+]
+
+WINDOWS = ("triangular", "welch", "hann")
+SCALE_MODES = ("cycle", "iterations")
+EXP_RANGE_DECAYS = ("amplitude", "both")
+ANNEALS = ("cos", "linear")
+
+
+def _float_dtype():
+    """float32, or float64 when jax_enable_x64 is on."""
+    return jax.dtypes.canonicalize_dtype(np.float64)
+
+
+def _as_float(x) -> jax.Array:
+    return jnp.asarray(x, dtype=_float_dtype())
+
+
+def _as_step(step) -> jax.Array:
+    """The step as an array, negative steps clamped to 0 (unsigned stay as they are)."""
+    step = jnp.asarray(step)
+    if step.dtype == jnp.bool_:
+        step = step.astype(jnp.int32)
+    if jnp.issubdtype(step.dtype, jnp.unsignedinteger):
+        return step
+    return jnp.maximum(step, jnp.zeros((), step.dtype))
+
+
+def _cycle_and_position(step: jax.Array, total: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The 1-based cycle number and the offset inside it, both as floats.
+
+    For integer steps and a whole-number cycle length the division is done in the
+    step's integer type, which is exact where float32 ``t / total`` is not (t > 2**24).
+    """
+    t = step.astype(total.dtype)
+    cycle = jnp.floor(t / total)
+    position = t - cycle * total
+    if jnp.issubdtype(step.dtype, jnp.integer):
+        limit = float(jnp.iinfo(step.dtype).max) + 1.0
+        exact = (total == jnp.round(total)) & (total >= 1) & (total < limit)
+        total_int = jnp.where(exact, total, 1).astype(step.dtype)
+        cycle_int = step // total_int
+        position_int = step - cycle_int * total_int
+        cycle = jnp.where(exact, cycle_int.astype(total.dtype), cycle)
+        position = jnp.where(exact, position_int.astype(total.dtype), position)
+    return cycle + 1, jnp.clip(position, 0, total)
+
+
+def _wave(step: jax.Array, up: jax.Array, down: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cycle, s): the 1-based cycle and the triangular wave s in [0, 1].
+
+    s rises linearly from 0 to 1 over ``up`` steps and falls back to 0 over ``down``.
+    """
+    total = up + down
+    cycle, position = _cycle_and_position(step, total)
+    rising = position / up
+    falling = (total - position) / down
+    return cycle, jnp.clip(jnp.where(position <= up, rising, falling), 0, 1)
+
+
+def _apply_window(s: jax.Array, window: str) -> jax.Array:
+    if window == "welch":
+        return 1 - (1 - s) ** 2
+    if window == "hann":
+        # (1 - cos(pi s)) / 2 as sin(pi s / 2)**2: accurate near s = 0 too.
+        return jnp.sin(jnp.pi / 2 * s) ** 2
+    return s
+
+
+def _check_bounds(lo_name: str, lo, hi_name: str, hi) -> None:
+    v.finite_nonnegative(lo_name, lo)
+    v.finite_nonnegative(hi_name, hi)
+    v.not_less(hi_name, hi, lo_name, lo)
+
+
+def _check_step_sizes(step_size, step_size_down):
+    v.finite_positive("step_size", step_size)
+    if step_size_down is None:
+        return step_size
+    v.finite_positive("step_size_down", step_size_down)
+    return step_size_down
+
+
+def cyclical(
+    base_lr: jax.typing.ArrayLike,
+    max_lr: jax.typing.ArrayLike,
+    step_size: jax.typing.ArrayLike,
+    *,
+    step_size_down: jax.typing.ArrayLike | None = None,
+    window: str = "triangular",
+    scale_fn: Callable[[jax.Array], jax.Array] | None = None,
+    scale_mode: str = "cycle",
+) -> optax.Schedule:
+    r"""A cyclical learning rate with any window shape and amplitude scaling.
+
+    .. math::
+
+        \eta_t = \eta_{base} + (\eta_{max} - \eta_{base})\, w(s_t)\, f(\cdot)
+
+    where :math:`s_t \in [0, 1]` rises linearly over ``step_size`` steps and falls
+    over ``step_size_down`` steps (Smith, 2017, with PyTorch's asymmetric cycles),
+    :math:`w` is the window and :math:`f` is ``scale_fn`` evaluated at the 1-based
+    cycle number (``scale_mode="cycle"``) or at the step (``"iterations"``).
+
+    Args:
+      base_lr: lower bound, reached at the start and end of every cycle.
+      max_lr: upper bound, reached after ``step_size`` steps of every cycle.
+      step_size: steps from the lower to the upper bound (half a cycle when the
+        cycle is symmetric). The paper suggests 2 to 10 epochs' worth of steps.
+      step_size_down: steps from the upper back to the lower bound; defaults to
+        ``step_size``.
+      window: ``"triangular"`` (linear ramps), ``"welch"`` (parabolic,
+        :math:`1 - (1 - s)^2`) or ``"hann"`` (sinusoidal,
+        :math:`(1 - \cos \pi s) / 2`).
+      scale_fn: optional function of a float array scaling the amplitude
+        ``max_lr - base_lr``; it must use ``jax.numpy`` only.
+      scale_mode: what ``scale_fn`` receives: ``"cycle"`` (1, 2, 3, ...) or
+        ``"iterations"`` (the step, as a float).
+
+    Returns:
+      An ``optax.Schedule`` mapping the step to the learning rate.
+
+    Raises:
+      ValueError: if a concrete bound is negative or not finite, ``max_lr <
+        base_lr``, a step size is not positive, or ``window`` / ``scale_mode``
+        is unknown.
+
+    Examples:
+      >>> import clr_jax
+      >>> schedule = clr_jax.cyclical(0.0, 1.0, step_size=4, window="hann")
+      >>> [round(float(schedule(t)), 4) for t in range(0, 9, 2)]
+      [0.0, 0.5, 1.0, 0.5, 0.0]
+
+    References:
+      Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017.
+    """
+    _check_bounds("base_lr", base_lr, "max_lr", max_lr)
+    step_size_down = _check_step_sizes(step_size, step_size_down)
+    v.choice("window", window, WINDOWS)
+    v.choice("scale_mode", scale_mode, SCALE_MODES)
+    if scale_fn is not None and not callable(scale_fn):
+        raise ValueError(f"scale_fn must be a callable or None, got {scale_fn!r}.")
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        lo, hi = _as_float(base_lr), _as_float(max_lr)
+        step = _as_step(step)
+        cycle, s = _wave(step, _as_float(step_size), _as_float(step_size_down))
+        amplitude = (hi - lo) * _apply_window(s, window)
+        if scale_fn is not None:
+            x = cycle if scale_mode == "cycle" else step.astype(cycle.dtype)
+            amplitude = amplitude * scale_fn(x)
+        return lo + amplitude
+
+    return schedule
+
+
+def triangular(
+    base_lr: jax.typing.ArrayLike,
+    max_lr: jax.typing.ArrayLike,
+    step_size: jax.typing.ArrayLike,
+    *,
+    step_size_down: jax.typing.ArrayLike | None = None,
+) -> optax.Schedule:
+    r"""The triangular policy: linear ramps between fixed bounds.
+
+    .. math::
+
+        c = \lfloor 1 + t / (2s) \rfloor, \quad x = |t/s - 2c + 1|, \quad
+        \eta_t = \eta_{base} + (\eta_{max} - \eta_{base}) \max(0, 1 - x)
+
+    Args:
+      base_lr: lower bound, at steps 0, 2s, 4s, ...
+      max_lr: upper bound, at steps s, 3s, 5s, ...
+      step_size: ``s``, the number of steps in half a cycle.
+      step_size_down: steps of the falling half, for asymmetric cycles; defaults
+        to ``step_size``.
+
+    Returns:
+      An ``optax.Schedule``; equals PyTorch's ``CyclicLR(mode="triangular")``.
+
+    Raises:
+      ValueError: on a negative or non-finite bound, ``max_lr < base_lr`` or a
+        non-positive step size.
+
+    Examples:
+      >>> import clr_jax, optax
+      >>> schedule = clr_jax.triangular(0.001, 0.006, step_size=2000)
+      >>> [round(float(schedule(t)), 6) for t in (0, 1000, 2000, 3000, 4000)]
+      [0.001, 0.0035, 0.006, 0.0035, 0.001]
+      >>> optimizer = optax.sgd(schedule, momentum=0.9)
+
+    References:
+      Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017.
+    """
+    return cyclical(base_lr, max_lr, step_size, step_size_down=step_size_down)
+
+
+def _halve_per_cycle(cycle: jax.Array) -> jax.Array:
+    return jnp.exp2(1 - cycle)
+
+
+def triangular2(
+    base_lr: jax.typing.ArrayLike,
+    max_lr: jax.typing.ArrayLike,
+    step_size: jax.typing.ArrayLike,
+    *,
+    step_size_down: jax.typing.ArrayLike | None = None,
+) -> optax.Schedule:
+    r"""The triangular2 policy: the amplitude halves at the end of every cycle.
+
+    .. math::
+
+        \eta_t = \eta_{base} + (\eta_{max} - \eta_{base}) \max(0, 1 - x)
+        / 2^{c - 1}
+
+    with ``c`` and ``x`` as in `triangular`.
+
+    Args:
+      base_lr: lower bound.
+      max_lr: upper bound of the first cycle; the peak of cycle ``c`` is
+        ``base_lr + (max_lr - base_lr) / 2**(c - 1)``.
+      step_size: steps in half a cycle.
+      step_size_down: steps of the falling half; defaults to ``step_size``.
+
+    Returns:
+      An ``optax.Schedule``; equals PyTorch's ``CyclicLR(mode="triangular2")``.
+
+    Raises:
+      ValueError: as `triangular`.
+
+    Examples:
+      >>> import clr_jax
+      >>> schedule = clr_jax.triangular2(1.0, 5.0, step_size=10)
+      >>> [float(schedule(t)) for t in (0, 10, 20, 30, 50)]
+      [1.0, 5.0, 1.0, 3.0, 2.0]
+    """
+    return cyclical(
+        base_lr, max_lr, step_size, step_size_down=step_size_down, scale_fn=_halve_per_cycle
+    )
+
+
+def _log_gamma(gamma) -> jax.Array:
+    """log(gamma), in float64 on the host when gamma is concrete.
+
+    gamma close to 1 (the paper's 0.99994) loses three digits when rounded to float32
+    before the logarithm; taking the log first keeps gamma**t accurate to ~1e-7 times
+    |t log gamma|.
+    """
+    array = v.concrete(gamma)
+    if array is None:
+        return jnp.log(_as_float(gamma))
+    with np.errstate(divide="ignore"):
+        return _as_float(np.log(array.astype(np.float64)))
+
+
+def exp_range(
+    base_lr: jax.typing.ArrayLike,
+    max_lr: jax.typing.ArrayLike,
+    step_size: jax.typing.ArrayLike,
+    gamma: jax.typing.ArrayLike,
+    *,
+    step_size_down: jax.typing.ArrayLike | None = None,
+    decay: str = "amplitude",
+) -> optax.Schedule:
+    r"""The exp_range policy: the cycle's bounds decay as ``gamma**t``.
+
+    With :math:`s_t` the triangular wave of `triangular`:
+
+    - ``decay="amplitude"`` (the Keras code the paper links, TF Addons, PyTorch):
+      :math:`\eta_t = \eta_{base} + (\eta_{max} - \eta_{base})\, s_t\, \gamma^t`
+    - ``decay="both"`` (the paper's literal wording, "each boundary value declines"):
+      :math:`\eta_t = \gamma^t \left(\eta_{base} + (\eta_{max} - \eta_{base})\, s_t\right)`
+
+    Args:
+      base_lr: lower bound at step 0.
+      max_lr: upper bound at step 0.
+      step_size: steps in half a cycle.
+      gamma: decay per step, in (0, 1]. The paper uses 0.99994 on CIFAR-10. A
+        concrete gamma is turned into ``log(gamma)`` in float64, so values stay
+        accurate for gamma close to 1; a traced float32 gamma is rounded first
+        (0.99994 becomes 0.9999399781), which moves ``gamma**70000`` by ~1e-3
+        relative.
+      step_size_down: steps of the falling half; defaults to ``step_size``.
+      decay: ``"amplitude"`` or ``"both"``.
+
+    Returns:
+      An ``optax.Schedule``; with ``decay="amplitude"`` it equals PyTorch's
+      ``CyclicLR(mode="exp_range")``.
+
+    Raises:
+      ValueError: as `triangular`, or if gamma is outside (0, 1] or ``decay`` is
+        unknown.
+
+    Examples:
+      >>> import clr_jax
+      >>> schedule = clr_jax.exp_range(1.0, 3.0, step_size=1, gamma=0.5)
+      >>> [float(schedule(t)) for t in (0, 1, 2, 3)]
+      [1.0, 2.0, 1.0, 1.25]
+      >>> both = clr_jax.exp_range(1.0, 3.0, step_size=1, gamma=0.5, decay="both")
+      >>> [float(both(t)) for t in (0, 1, 2, 3)]
+      [1.0, 1.5, 0.25, 0.375]
+    """
+    v.check("gamma", gamma, lambda g: (g > 0) & (g <= 1), "in (0, 1]")
+    v.choice("decay", decay, EXP_RANGE_DECAYS)
+    log_gamma = _log_gamma(gamma)
+
+    def gamma_power(t: jax.Array) -> jax.Array:
+        return jnp.exp(t * log_gamma)
+
+    if decay == "amplitude":
+        return cyclical(
+            base_lr,
+            max_lr,
+            step_size,
+            step_size_down=step_size_down,
+            scale_fn=gamma_power,
+            scale_mode="iterations",
+        )
+    inner = cyclical(base_lr, max_lr, step_size, step_size_down=step_size_down)
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        t = _as_step(step).astype(_float_dtype())
+        return gamma_power(t) * inner(step)
+
+    return schedule
+
+
+def decay(
+    max_lr: jax.typing.ArrayLike,
+    base_lr: jax.typing.ArrayLike,
+    decay_steps: jax.typing.ArrayLike,
+) -> optax.Schedule:
+    r"""The paper's "decay" policy: a linear fall from ``max_lr`` to ``base_lr``.
+
+    .. math::
+
+        \eta_t = \eta_{max} (1 - f) + \eta_{base} f, \quad f = \min(t / N, 1)
+
+    It gives the same values as ``optax.linear_schedule(max_lr, base_lr, N)``, but
+    ``decay_steps`` may be traced (so a sweep can vmap over it) and bad values raise
+    instead of falling back to a constant.
+
+    Args:
+      max_lr: the rate at step 0.
+      base_lr: the rate from step ``decay_steps`` on.
+      decay_steps: ``N``, the length of the fall.
+
+    Returns:
+      An ``optax.Schedule``.
+
+    Raises:
+      ValueError: on a negative or non-finite rate, ``max_lr < base_lr`` or a
+        non-positive ``decay_steps``.
+
+    Examples:
+      >>> import clr_jax
+      >>> schedule = clr_jax.decay(0.007, 0.001, decay_steps=4000)
+      >>> [round(float(schedule(t)), 6) for t in (0, 2000, 4000, 25000)]
+      [0.007, 0.004, 0.001, 0.001]
+    """
+    _check_bounds("base_lr", base_lr, "max_lr", max_lr)
+    v.finite_positive("decay_steps", decay_steps)
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        t = _as_step(step).astype(_float_dtype())
+        n = _as_float(decay_steps)
+        done, left = jnp.clip(t / n, 0, 1), jnp.clip((n - t) / n, 0, 1)
+        return _as_float(max_lr) * left + _as_float(base_lr) * done
+
+    return schedule
+
+
+def _anneal(start, end, done, left, anneal: str):
+    """Interpolates from start to end; ``done`` and ``left`` = 1 - done are both computed
+    from the step directly, so values near either end keep full relative precision."""
+    if anneal == "cos":
+        # (1 + cos(pi * done)) / 2 written as sin(pi / 2 * left)**2: no cancellation.
+        return end + (start - end) * jnp.sin(jnp.pi / 2 * left) ** 2
+    return start * left + end * done
+
+
+def one_cycle(
+    max_lr: jax.typing.ArrayLike,
+    total_steps: jax.typing.ArrayLike,
+    *,
+    pct_start: jax.typing.ArrayLike = 0.3,
+    anneal: str = "cos",
+    div_factor: jax.typing.ArrayLike = 25.0,
+    final_div_factor: jax.typing.ArrayLike = 1e4,
+    three_phase: bool = False,
+) -> optax.Schedule:
+    r"""The 1cycle policy with the phase boundaries of PyTorch's ``OneCycleLR``.
+
+    The rate starts at ``max_lr / div_factor``, rises to ``max_lr`` at step
+    ``pct_start * total_steps - 1``, then anneals to ``max_lr / (div_factor *
+    final_div_factor)`` at step ``total_steps - 1`` and stays there. With
+    ``three_phase=True`` it first falls back to the initial rate at step
+    ``2 * pct_start * total_steps - 2`` and anneals to the final rate from there.
+
+    Args:
+      max_lr: the peak rate.
+      total_steps: the length of the cycle in steps.
+      pct_start: fraction of the steps spent rising, in (0, 1).
+      anneal: ``"cos"`` (cosine) or ``"linear"`` interpolation within a phase.
+      div_factor: initial rate = ``max_lr / div_factor``.
+      final_div_factor: final rate = initial rate / ``final_div_factor``.
+      three_phase: use the three-phase variant.
+
+    Returns:
+      An ``optax.Schedule`` that equals ``OneCycleLR`` for steps 0 to
+      ``total_steps - 1`` (``optax.cosine_onecycle_schedule`` places its phase
+      boundaries differently).
+
+    Raises:
+      ValueError: on a negative or non-finite ``max_lr``, a non-positive
+        ``total_steps``, ``div_factor`` or ``final_div_factor``, ``pct_start``
+        outside (0, 1) or an unknown ``anneal``.
+
+    Examples:
+      >>> import clr_jax
+      >>> schedule = clr_jax.one_cycle(1.0, total_steps=11, pct_start=0.5,
+      ...                              anneal="linear", div_factor=10.0,
+      ...                              final_div_factor=1.0)
+      >>> [round(float(schedule(t)), 4) for t in (0, 2, 4, 7, 10, 20)]
+      [0.1, 0.5, 0.9, 0.5909, 0.1, 0.1]
+    """
+    v.finite_nonnegative("max_lr", max_lr)
+    v.finite_positive("total_steps", total_steps)
+    v.check("pct_start", pct_start, lambda p: (p > 0) & (p < 1), "in (0, 1)")
+    v.finite_positive("div_factor", div_factor)
+    v.finite_positive("final_div_factor", final_div_factor)
+    v.choice("anneal", anneal, ANNEALS)
+    if not isinstance(three_phase, (bool, np.bool_)):
+        raise ValueError(f"three_phase must be True or False, got {three_phase!r}.")
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        t = _as_step(step).astype(_float_dtype())
+        peak, total, pct = _as_float(max_lr), _as_float(total_steps), _as_float(pct_start)
+        initial = peak / _as_float(div_factor)
+        final = initial / _as_float(final_div_factor)
+        rise_end = pct * total - 1
+        if three_phase:
+            fall_end = 2 * pct * total - 2
+            phases = [(0.0, rise_end, initial, peak), (rise_end, fall_end, peak, initial),
+                      (fall_end, total - 1, initial, final)]
+        else:
+            phases = [(0.0, rise_end, initial, peak), (rise_end, total - 1, peak, final)]
+        lr = None
+        # The first phase whose end is >= t wins, else the last (OneCycleLR's rule).
+        for index, (start, end, begin_value, end_value) in reversed(list(enumerate(phases))):
+            length = end - start
+            safe_length = jnp.where(length > 0, length, 1)
+            done = jnp.clip(jnp.where(length > 0, (t - start) / safe_length, 1), 0, 1)
+            left = jnp.clip(jnp.where(length > 0, (end - t) / safe_length, 0), 0, 1)
+            value = _anneal(begin_value, end_value, done, left, anneal)
+            lr = value if index == len(phases) - 1 else jnp.where(t <= end, value, lr)
+        return lr
+
+    return schedule
+
+
+def cyclical_momentum(
+    base_momentum: jax.typing.ArrayLike,
+    max_momentum: jax.typing.ArrayLike,
+    step_size: jax.typing.ArrayLike,
+    *,
+    step_size_down: jax.typing.ArrayLike | None = None,
+) -> optax.Schedule:
+    r"""A momentum that cycles opposite to a triangular learning rate.
+
+    .. math::
+
+        \mu_t = \mu_{max} - (\mu_{max} - \mu_{base})\, s_t
+
+    so momentum is at ``max_momentum`` where the rate is at its lower bound and at
+    ``base_momentum`` at the rate's peak (as PyTorch's ``CyclicLR`` cycles it). Use
+    the same step sizes as the learning-rate schedule, and pass it to an optimizer
+    with `clr_jax.with_cyclical_momentum`.
+
+    Args:
+      base_momentum: momentum at the learning rate's peak.
+      max_momentum: momentum at the learning rate's trough.
+      step_size: steps in the rising half of the learning-rate cycle.
+      step_size_down: steps in the falling half; defaults to ``step_size``.
+
+    Returns:
+      An ``optax.Schedule``.
+
+    Raises:
+      ValueError: on a momentum outside [0, 1], ``max_momentum < base_momentum``
+        or a non-positive step size.
+
+    Examples:
+      >>> import clr_jax
+      >>> momentum = clr_jax.cyclical_momentum(0.85, 0.95, step_size=100)
+      >>> [round(float(momentum(t)), 4) for t in (0, 50, 100, 200)]
+      [0.95, 0.9, 0.85, 0.95]
+    """
+    for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
+        v.check(name, value, lambda m: (m >= 0) & (m <= 1), "in [0, 1]")
+    v.not_less("max_momentum", max_momentum, "base_momentum", base_momentum)
+    step_size_down = _check_step_sizes(step_size, step_size_down)
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        _, s = _wave(_as_step(step), _as_float(step_size), _as_float(step_size_down))
+        hi = _as_float(max_momentum)
+        return hi - (hi - _as_float(base_momentum)) * s
+
+    return schedule
+
+
+def step_size_from_epochs(
+    epochs: float, num_examples: int, batch_size: int, *, drop_remainder: bool = True
+) -> int:
+    """Converts a step size given in epochs to steps.
+
+    The paper's advice is a step size of 2 to 10 epochs; with 50,000 training
+    images and batch 100 an epoch is 500 steps.
+
+    Args:
+      epochs: the length in epochs (may be fractional).
+      num_examples: training examples per epoch.
+      batch_size: examples per step.
+      drop_remainder: whether the last partial batch of an epoch is dropped
+        (``num_examples // batch_size`` steps per epoch) or kept (rounded up).
+
+    Returns:
+      The number of steps, rounded to the nearest integer.
+
+    Raises:
+      ValueError: if an argument is not positive, or the result is under 1 step.
+
+    Examples:
+      >>> import clr_jax
+      >>> clr_jax.step_size_from_epochs(4, num_examples=50_000, batch_size=100)
+      2000
+    """
+    num_examples = v.positive_int("num_examples", num_examples)
+    batch_size = v.positive_int("batch_size", batch_size)
+    v.finite_positive("epochs", epochs)
+    if drop_remainder:
+        per_epoch = num_examples // batch_size
+    else:
+        per_epoch = -(-num_examples // batch_size)
+    if per_epoch < 1:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than num_examples={num_examples}: "
+            "an epoch has no full batch; lower batch_size or pass drop_remainder=False."
+        )
+    steps = round(float(epochs) * per_epoch)
+    if steps < 1:
+        raise ValueError(
+            f"epochs={epochs} is under one step ({per_epoch} steps per epoch); "
+            "use a longer step size."
+        )
+    return steps
+
+
+def steps_for_cycles(
+    num_cycles: float, step_size: float, *, step_size_down: float | None = None
+) -> int:
+    """The number of steps in ``num_cycles`` whole cycles.
+
+    The paper advises stopping training at the end of a cycle (where the rate is at
+    its minimum), after at least 3 and preferably 4 or more cycles.
+
+    Args:
+      num_cycles: number of cycles; 0.5 is the rising half of one cycle (the shape of
+        a linear range test).
+      step_size: steps in the rising half of a cycle.
+      step_size_down: steps in the falling half; defaults to ``step_size``.
+
+    Returns:
+      ``num_cycles * (step_size + step_size_down)`` as an int.
+
+    Raises:
+      ValueError: if an argument is not positive or the result is not a whole
+        number of steps.
+
+    Examples:
+      >>> import clr_jax
+      >>> clr_jax.steps_for_cycles(4, step_size=2000)
+      16000
+    """
+    v.finite_positive("num_cycles", num_cycles)
+    step_size_down = _check_step_sizes(step_size, step_size_down)
+    total = float(num_cycles) * (float(step_size) + float(step_size_down))
+    if not math.isclose(total, round(total), rel_tol=0, abs_tol=1e-9):
+        raise ValueError(
+            f"num_cycles={num_cycles} cycles of {step_size}+{step_size_down} steps is "
+            f"{total} steps, not a whole number; choose whole-step cycle lengths."
+        )
+    return round(total)
