@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import optax
 
@@ -37,7 +38,7 @@ def with_cyclical_momentum(
     learning_rate: optax.ScalarOrSchedule,
     momentum: optax.ScalarOrSchedule,
     hyperparam: str | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """Builds an Optax optimizer whose learning rate and momentum both follow schedules.
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 __all__ = ["plot_schedule", "save_figure", "schedule_values"]
 
 
-def _figure(figsize=(7.0, 3.5)):
+def _figure(figsize: tuple[float, float] = (7.0, 3.5)) -> Figure:
     try:
         from matplotlib.figure import Figure
     except ImportError as error:  # pragma: no cover - depends on the environment
@@ -40,8 +45,8 @@ def plot_schedule(
     title: str | None = None,
     ylabel: str = "learning rate",
     log_scale: bool = False,
-    ax=None,
-):
+    ax: Axes | None = None,
+) -> Figure:
     """Draws one or several schedules against the step.
 
     Args:
@@ -79,7 +84,7 @@ def plot_schedule(
     return figure
 
 
-def save_figure(figure, path: str | os.PathLike, *, dpi: int = 120) -> None:
+def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: int = 120) -> None:
     """Saves a figure as PNG, writing a temporary file first so a crash leaves no
     half-written image behind."""
     path = os.fspath(path)

@@ -48,7 +48,7 @@ _OPTIONAL = {
 }
 
 
-def make_schedule(policy: str, **settings) -> optax.Schedule:
+def make_schedule(policy: str, **settings: Any) -> optax.Schedule:
     """Builds the schedule of a named policy from keyword settings.
 
     Settings given as None are ignored, so command-line flags can be passed through

@@ -134,13 +134,13 @@ def cyclical(
 ) -> optax.Schedule:
     r"""A cyclical learning rate with any window shape and amplitude scaling.
 
-    .. math::
+    $$
+    \eta_t = \eta_{base} + (\eta_{max} - \eta_{base})\, w(s_t)\, f(\cdot)
+    $$
 
-        \eta_t = \eta_{base} + (\eta_{max} - \eta_{base})\, w(s_t)\, f(\cdot)
-
-    where :math:`s_t \in [0, 1]` rises linearly over ``step_size`` steps and falls
+    where $s_t \in [0, 1]$ rises linearly over ``step_size`` steps and falls
     over ``step_size_down`` steps (Smith, 2017, with PyTorch's asymmetric cycles),
-    :math:`w` is the window and :math:`f` is ``scale_fn`` evaluated at the 1-based
+    $w$ is the window and $f$ is ``scale_fn`` evaluated at the 1-based
     cycle number (``scale_mode="cycle"``) or at the step (``"iterations"``).
 
     Args:
@@ -151,8 +151,8 @@ def cyclical(
       step_size_down: steps from the upper back to the lower bound; defaults to
         ``step_size``.
       window: ``"triangular"`` (linear ramps), ``"welch"`` (parabolic,
-        :math:`1 - (1 - s)^2`) or ``"hann"`` (sinusoidal,
-        :math:`(1 - \cos \pi s) / 2`).
+        $1 - (1 - s)^2$) or ``"hann"`` (sinusoidal,
+        $(1 - \cos \pi s) / 2$).
       scale_fn: optional function of a float array scaling the amplitude
         ``max_lr - base_lr``; it must use ``jax.numpy`` only.
       scale_mode: what ``scale_fn`` receives: ``"cycle"`` (1, 2, 3, ...) or
@@ -204,10 +204,10 @@ def triangular(
 ) -> optax.Schedule:
     r"""The triangular policy: linear ramps between fixed bounds.
 
-    .. math::
-
-        c = \lfloor 1 + t / (2s) \rfloor, \quad x = |t/s - 2c + 1|, \quad
-        \eta_t = \eta_{base} + (\eta_{max} - \eta_{base}) \max(0, 1 - x)
+    $$
+    c = \lfloor 1 + t / (2s) \rfloor, \quad x = |t/s - 2c + 1|, \quad
+    \eta_t = \eta_{base} + (\eta_{max} - \eta_{base}) \max(0, 1 - x)
+    $$
 
     Args:
       base_lr: lower bound, at steps 0, 2s, 4s, ...
@@ -249,10 +249,10 @@ def triangular2(
 ) -> optax.Schedule:
     r"""The triangular2 policy: the amplitude halves at the end of every cycle.
 
-    .. math::
-
-        \eta_t = \eta_{base} + (\eta_{max} - \eta_{base}) \max(0, 1 - x)
-        / 2^{c - 1}
+    $$
+    \eta_t = \eta_{base} + (\eta_{max} - \eta_{base}) \max(0, 1 - x)
+    / 2^{c - 1}
+    $$
 
     with ``c`` and ``x`` as in `triangular`.
 
@@ -305,12 +305,12 @@ def exp_range(
 ) -> optax.Schedule:
     r"""The exp_range policy: the cycle's bounds decay as ``gamma**t``.
 
-    With :math:`s_t` the triangular wave of `triangular`:
+    With $s_t$ the triangular wave of `triangular`:
 
     - ``decay="amplitude"`` (the Keras code the paper links, TF Addons, PyTorch):
-      :math:`\eta_t = \eta_{base} + (\eta_{max} - \eta_{base})\, s_t\, \gamma^t`
+      $\eta_t = \eta_{base} + (\eta_{max} - \eta_{base})\, s_t\, \gamma^t$
     - ``decay="both"`` (the paper's literal wording, "each boundary value declines"):
-      :math:`\eta_t = \gamma^t \left(\eta_{base} + (\eta_{max} - \eta_{base})\, s_t\right)`
+      $\eta_t = \gamma^t \left(\eta_{base} + (\eta_{max} - \eta_{base})\, s_t\right)$
 
     Args:
       base_lr: lower bound at step 0.
@@ -373,9 +373,9 @@ def decay(
 ) -> optax.Schedule:
     r"""The paper's "decay" policy: a linear fall from ``max_lr`` to ``base_lr``.
 
-    .. math::
-
-        \eta_t = \eta_{max} (1 - f) + \eta_{base} f, \quad f = \min(t / N, 1)
+    $$
+    \eta_t = \eta_{max} (1 - f) + \eta_{base} f, \quad f = \min(t / N, 1)
+    $$
 
     It gives the same values as ``optax.linear_schedule(max_lr, base_lr, N)``, but
     ``decay_steps`` may be traced (so a sweep can vmap over it) and bad values raise
@@ -509,9 +509,9 @@ def cyclical_momentum(
 ) -> optax.Schedule:
     r"""A momentum that cycles opposite to a triangular learning rate.
 
-    .. math::
-
-        \mu_t = \mu_{max} - (\mu_{max} - \mu_{base})\, s_t
+    $$
+    \mu_t = \mu_{max} - (\mu_{max} - \mu_{base})\, s_t
+    $$
 
     so momentum is at ``max_momentum`` where the rate is at its lower bound and at
     ``base_momentum`` at the rate's peak (as PyTorch's ``CyclicLR`` cycles it). Use

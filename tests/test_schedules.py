@@ -12,6 +12,13 @@ import clr_jax
 from tests import reference as ref
 
 
+@pytest.fixture(autouse=True)
+def strict_dtypes():
+    """Schedules must not rely on implicit dtype promotion (int steps, float rates)."""
+    with jax.numpy_dtype_promotion("strict"):
+        yield
+
+
 def values(schedule, steps):
     return np.asarray(jax.jit(jax.vmap(schedule))(jnp.asarray(steps)), dtype=np.float64)
 
