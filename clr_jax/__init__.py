@@ -4,6 +4,12 @@ Every public name is re-exported here; each has one import path.
 """
 
 from clr_jax.momentum import with_cyclical_momentum
+from clr_jax.range_test import (
+    ParallelRangeTestResult,
+    RangeTestResult,
+    parallel_range_test,
+    range_test,
+)
 from clr_jax.schedules import (
     cyclical,
     cyclical_momentum,
@@ -15,17 +21,24 @@ from clr_jax.schedules import (
     triangular,
     triangular2,
 )
+from clr_jax.suggest import Bounds, suggest_bounds
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bounds",
+    "ParallelRangeTestResult",
+    "RangeTestResult",
     "cyclical",
     "cyclical_momentum",
     "decay",
     "exp_range",
     "one_cycle",
+    "parallel_range_test",
+    "range_test",
     "step_size_from_epochs",
     "steps_for_cycles",
+    "suggest_bounds",
     "triangular",
     "triangular2",
     "with_cyclical_momentum",

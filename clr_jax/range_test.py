@@ -1,0 +1,550 @@
+"""The LR range test: a short run with a rising learning rate, and parallel fixed-rate runs.
+
+`range_test` trains while the rate rises from ``min_lr`` to ``max_lr`` (the paper's
+linear ramp, or the exponential ramp of later practice), recording the loss, a
+bias-corrected smoothed loss and optional evaluation metrics, and stops when the loss
+diverges. Steps between evaluations run inside one compiled ``lax.scan``.
+
+`parallel_range_test` trains K copies at K fixed rates at once under ``jax.vmap``
+(optionally several seeds each) and reports each one's final loss and metrics.
+
+Bounds are read from either result with `clr_jax.suggest_bounds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from clr_jax import _validation as v
+
+__all__ = [
+    "ParallelRangeTestResult",
+    "RangeTestResult",
+    "parallel_range_test",
+    "range_test",
+]
+
+MODES = ("linear", "exponential")
+_REASONS = {0: None, 1: "diverged", 2: "non-finite loss"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeTestResult:
+    """What `range_test` measured. Arrays hold one entry per step taken.
+
+    Attributes:
+      learning_rates: the rate used by each update.
+      losses: the raw training loss at each update (NaN where it was not finite).
+      smoothed_losses: the bias-corrected exponential moving average of the loss.
+      eval_steps: the steps (updates applied) at which ``eval_fn`` ran.
+      eval_learning_rates: the rate of the last update before each evaluation.
+      eval_metrics: each metric's values at ``eval_steps``.
+      stop_reason: None if all ``num_steps`` ran, else ``"diverged"`` (smoothed loss
+        above ``diverge_threshold`` times its best) or ``"non-finite loss"``.
+      stop_step: the step at which the test stopped, or None.
+      mode: ``"linear"`` or ``"exponential"``.
+      min_lr: the first rate of the ramp.
+      max_lr: the last rate of the ramp.
+      num_steps: the steps the ramp was planned for.
+    """
+
+    learning_rates: np.ndarray
+    losses: np.ndarray
+    smoothed_losses: np.ndarray
+    eval_steps: np.ndarray
+    eval_learning_rates: np.ndarray
+    eval_metrics: dict[str, np.ndarray]
+    stop_reason: str | None
+    stop_step: int | None
+    mode: str
+    min_lr: float
+    max_lr: float
+    num_steps: int
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the test stopped before ``num_steps``."""
+        return self.stop_reason is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN written as None)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        """Writes `to_dict` as JSON, atomically."""
+        _write_json(self.to_dict(), path)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RangeTestResult:
+        """The inverse of `to_dict`."""
+        data = dict(data)
+        for key in ("learning_rates", "losses", "smoothed_losses", "eval_steps",
+                    "eval_learning_rates"):
+            data[key] = _array(data[key])
+        data["eval_metrics"] = {k: _array(x) for k, x in data["eval_metrics"].items()}
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelRangeTestResult:
+    """What `parallel_range_test` measured; S seeds by K learning rates.
+
+    Attributes:
+      learning_rates: the K fixed rates, shape (K,).
+      seeds: the S seeds, shape (S,).
+      losses: every member's training loss at every step, shape (S, K, T).
+      final_losses: the mean loss over each member's last ``tail_fraction`` of
+        steps, shape (S, K); NaN for members whose loss turned non-finite.
+      eval_metrics: each metric of ``eval_fn`` at the end, shape (S, K).
+      num_steps: T, the steps each member trained.
+      diverge_threshold: a member whose final loss exceeds this multiple of its
+        first loss counts as diverged.
+    """
+
+    learning_rates: np.ndarray
+    seeds: np.ndarray
+    losses: np.ndarray
+    final_losses: np.ndarray
+    eval_metrics: dict[str, np.ndarray]
+    num_steps: int
+    diverge_threshold: float = 4.0
+
+    @property
+    def diverged(self) -> np.ndarray:
+        """(S, K) booleans: members whose loss became non-finite or grew past
+        ``diverge_threshold`` times their first loss."""
+        with np.errstate(invalid="ignore"):
+            grew = self.final_losses > self.diverge_threshold * self.losses[..., 0]
+        return ~np.isfinite(self.final_losses) | grew
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN written as None)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        """Writes `to_dict` as JSON, atomically."""
+        _write_json(self.to_dict(), path)
+
+
+def _array(values) -> np.ndarray:
+    return np.array([np.nan if x is None else x for x in np.ravel(values)], dtype=np.float64
+                    ).reshape(np.shape(values)) if len(np.ravel(values)) else np.zeros(0)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(x) for k, x in value.items()}
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(x) for x in value]
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _write_json(data, path) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def ramp(min_lr: float, max_lr: float, num_steps: int, mode: str = "linear") -> optax.Schedule:
+    """The range test's rate: ``min_lr`` at step 0 to ``max_lr`` at step num_steps - 1."""
+    span = max(num_steps - 1, 1)
+
+    def schedule(step):
+        frac = jnp.clip(jnp.asarray(step, jnp.float32) / span, 0, 1)
+        if mode == "exponential":
+            return min_lr * (max_lr / min_lr) ** frac
+        return min_lr + (max_lr - min_lr) * frac
+
+    return schedule
+
+
+def _takes_key(loss_fn: Callable) -> bool:
+    try:
+        return "key" in inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _leading_length(batches) -> int | None:
+    """The step axis length of a pytree of arrays, or None for an iterable of batches.
+
+    Iterators (generators, ``iter(...)``, data loaders) and lists are sequences of
+    batches; dicts, tuples and arrays are pytrees of stacked batches.
+    """
+    if isinstance(batches, (Iterator, list)) or (
+            isinstance(batches, Iterable) and not isinstance(batches, (tuple, dict))
+            and not hasattr(batches, "shape")):
+        return None
+    leaves = jax.tree.leaves(batches)
+    if not leaves or not all(isinstance(x, (np.ndarray, jax.Array)) for x in leaves):
+        return None
+    lengths = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if len(lengths) != 1 or None in lengths:
+        raise ValueError(
+            "batches must be arrays sharing one leading step axis, got leading sizes "
+            f"{sorted(str(n) for n in lengths)}."
+        )
+    return lengths.pop()
+
+
+def _check_common(min_lr, max_lr, num_steps, mode):
+    v.finite_positive("min_lr", min_lr)
+    v.finite_positive("max_lr", max_lr)
+    if not float(max_lr) > float(min_lr):
+        raise ValueError(f"max_lr must be > min_lr, got min_lr={min_lr!r} and max_lr={max_lr!r}.")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
+            or num_steps < 2:
+        raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}.")
+    v.choice("mode", mode, MODES)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm comes with the harness extra; without it, no bar
+        return None
+    return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+
+def range_test(
+    loss_fn: Callable[..., jax.Array],
+    params: Any,
+    batches: Any,
+    *,
+    min_lr: float,
+    max_lr: float,
+    num_steps: int,
+    optimizer: Callable[[optax.ScalarOrSchedule], optax.GradientTransformation] = optax.sgd,
+    mode: str = "linear",
+    eval_fn: Callable[[Any], Mapping[str, Any]] | None = None,
+    eval_every: int | None = None,
+    smoothing: float = 0.98,
+    diverge_threshold: float = 4.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> RangeTestResult:
+    r"""Runs the LR range test: train while the learning rate rises, record the loss.
+
+    The rate at update ``t`` is ``min_lr + (max_lr - min_lr) t / (N - 1)`` (linear, the
+    paper's test) or ``min_lr (max_lr / min_lr)^{t / (N - 1)}`` (exponential). The
+    smoothed loss is the bias-corrected moving average
+    ``a_t = smoothing a_{t-1} + (1 - smoothing) loss_t``, ``a_t / (1 - smoothing^{t+1})``.
+    The test stops after the update whose smoothed loss exceeds ``diverge_threshold``
+    times the lowest smoothed loss so far, or whose loss is not finite (that update is
+    not applied). Losses are assumed positive, as cross-entropy and squared errors are.
+
+    The caller's ``params`` are not modified. Steps between evaluations run in one
+    compiled ``lax.scan``; with array ``batches`` there is no host round trip per step.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``; if it takes a ``key`` argument it
+        is called as ``loss_fn(params, batch, key=key)`` with a per-step PRNG key.
+      params: a pytree of arrays, the starting point.
+      batches: a pytree of arrays with a leading step axis (used in order, cycled if
+        shorter than ``num_steps``), or an iterable of batches (at least
+        ``num_steps`` of them).
+      min_lr: the first rate, > 0.
+      max_lr: the last rate, > ``min_lr``.
+      num_steps: the length of the ramp, >= 2.
+      optimizer: ``learning_rate -> optax.GradientTransformation``, e.g. ``optax.adam``
+        or ``lambda lr: optax.sgd(lr, momentum=0.9)``.
+      mode: ``"linear"`` or ``"exponential"``.
+      eval_fn: ``eval_fn(params) -> {name: scalar}``, e.g. test accuracy, which is what
+        the paper reads; called every ``eval_every`` steps.
+      eval_every: steps between evaluations; required with ``eval_fn``.
+      smoothing: the moving-average factor in [0, 1).
+      diverge_threshold: stop when the smoothed loss exceeds this multiple of its
+        lowest value; must be > 1.
+      seed: derives the per-step keys for a ``loss_fn`` that takes ``key``; the test
+        is reproducible given the seed.
+      progress: show a progress bar (needs tqdm).
+
+    Returns:
+      A `RangeTestResult`.
+
+    Raises:
+      ValueError: on bad settings (``min_lr >= max_lr``, ``num_steps < 2``,
+        ``eval_every`` without ``eval_fn`` or the reverse, an unknown mode, too few
+        batches, ...).
+
+    Examples:
+      >>> import jax.numpy as jnp, clr_jax
+      >>> loss = lambda w, batch: jnp.mean((batch["x"] * w - batch["y"]) ** 2)
+      >>> batches = {"x": jnp.ones((100, 8)), "y": jnp.zeros((100, 8))}
+      >>> result = clr_jax.range_test(loss, jnp.float32(1.0), batches, min_lr=0.01,
+      ...                             max_lr=3.0, num_steps=100)
+      >>> result.stop_reason  # gradient descent on 2 w^2 diverges for lr > 1
+      'diverged'
+      >>> bool(result.learning_rates[-1] > 1.0)
+      True
+    """
+    _check_common(min_lr, max_lr, num_steps, mode)
+    if eval_fn is not None and eval_every is None:
+        raise ValueError("eval_fn is given but eval_every is not; pass eval_every=N steps.")
+    if eval_every is not None and eval_fn is None:
+        raise ValueError(f"eval_every={eval_every!r} is given but eval_fn is not; "
+                         "pass eval_fn=lambda params: {'accuracy': ...}.")
+    if eval_every is not None:
+        eval_every = v.positive_int("eval_every", eval_every)
+    v.check("smoothing", smoothing, lambda b: (b >= 0) & (b < 1), "in [0, 1)")
+    v.check("diverge_threshold", diverge_threshold, lambda d: d > 1, "> 1")
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable, got {loss_fn!r}.")
+
+    schedule = ramp(float(min_lr), float(max_lr), num_steps, mode)
+    tx = optimizer(schedule)
+    if not isinstance(tx, optax.GradientTransformation):
+        raise ValueError(
+            "optimizer must map a learning rate to an optax.GradientTransformation, e.g. "
+            f"optax.sgd or lambda lr: optax.adam(lr); got {tx!r} from {optimizer!r}."
+        )
+    chunk = eval_every if eval_every is not None else max(1, math.ceil(num_steps / 20))
+    num_batches = _leading_length(batches)
+    if num_batches == 0:
+        raise ValueError("batches has 0 entries on its leading step axis.")
+    takes_key = _takes_key(loss_fn)
+    base_key = jax.random.key(seed)
+    beta = float(smoothing)
+
+    def loss_at(p, batch, t):
+        if takes_key:
+            return loss_fn(p, batch, key=jax.random.fold_in(base_key, t))
+        return loss_fn(p, batch)
+
+    def step(carry, batch):
+        p, opt_state, avg, best, stopped, t = carry
+
+        def run(_):
+            loss, grads = jax.value_and_grad(loss_at)(p, batch, t)
+            loss = jnp.asarray(loss, jnp.float32)
+            updates, new_state = tx.update(grads, opt_state, p)
+            new_p = optax.apply_updates(p, updates)
+            finite = jnp.isfinite(loss)
+            new_avg = beta * avg + (1 - beta) * loss
+            smoothed = new_avg / (1 - jnp.float32(beta) ** (t + 1).astype(jnp.float32))
+            diverged = (t > 0) & (smoothed > diverge_threshold * best)
+            reason = jnp.where(~finite, 2, jnp.where(diverged, 1, 0))
+            new_best = jnp.where(t == 0, smoothed, jnp.minimum(best, smoothed))
+            keep = lambda new, old: jax.tree.map(  # noqa: E731
+                lambda a, b: jnp.where(finite, a, b), new, old)
+            out = (keep(new_p, p), keep(new_state, opt_state), new_avg, new_best,
+                   (reason > 0) | (t + 1 >= num_steps), t + 1)
+            return out, (loss, smoothed, reason)
+
+        def skip(_):
+            nan = jnp.float32(jnp.nan)
+            return carry, (nan, nan, jnp.int32(-1))
+
+        return jax.lax.cond(stopped, skip, run, None)
+
+    if num_batches is not None:
+        @jax.jit
+        def run_chunk(carry, all_batches):
+            def body(c, _):
+                batch = jax.tree.map(lambda x: x[c[-1] % num_batches], all_batches)
+                return step(c, batch)
+            return jax.lax.scan(body, carry, None, length=chunk)
+    else:
+        @jax.jit
+        def run_chunk(carry, chunk_batches):
+            return jax.lax.scan(step, carry, chunk_batches)
+        iterator = iter(batches)
+
+    # Copies, so nothing the caller holds is donated or aliased.
+    params0 = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+    carry = (params0, tx.init(params0), jnp.float32(0.0), jnp.float32(jnp.inf),
+             jnp.bool_(False), jnp.int32(0))
+    losses, smoothed, reasons = [], [], []
+    eval_steps, eval_metrics = [], {}
+    bar = _progress(num_steps, "range test", progress)
+    done = 0
+    while done < num_steps:
+        if num_batches is None:
+            items = []
+            for _ in range(min(chunk, num_steps - done)):
+                try:
+                    items.append(next(iterator))
+                except StopIteration:
+                    raise ValueError(
+                        f"batches ran out after {done + len(items)} of num_steps="
+                        f"{num_steps}; give at least num_steps batches.") from None
+            while len(items) < chunk:  # pad the last chunk; those steps are skipped
+                items.append(items[-1])
+            chunk_batches = jax.tree.map(lambda *xs: jnp.stack(xs), *items)
+            carry, (l, s, r) = run_chunk(carry, chunk_batches)
+        else:
+            carry, (l, s, r) = run_chunk(carry, batches)
+        l, s, r = np.asarray(l), np.asarray(s), np.asarray(r)
+        ran = int((r >= 0).sum())
+        losses.append(l[:ran])
+        smoothed.append(s[:ran])
+        reasons.append(r[:ran])
+        done += ran
+        if bar is not None:
+            bar.update(ran)
+        stopped_now = ran < chunk or bool((r[:ran] > 0).any())
+        if eval_fn is not None and done % eval_every == 0 and not (
+                stopped_now and reasons[-1].size and reasons[-1][-1] == 2):
+            for name, value in eval_fn(carry[0]).items():
+                eval_metrics.setdefault(name, []).append(float(value))
+            eval_steps.append(done)
+        if bool(carry[4]):
+            break
+    if bar is not None:
+        bar.close()
+
+    reasons = np.concatenate(reasons) if reasons else np.zeros(0, np.int32)
+    stop_code = int(reasons[-1]) if reasons.size else 0
+    learning_rates = np.asarray(jax.vmap(schedule)(jnp.arange(done)), np.float64)
+    eval_steps = np.asarray(eval_steps, np.int64)
+    return RangeTestResult(
+        learning_rates=learning_rates,
+        losses=np.concatenate(losses).astype(np.float64),
+        smoothed_losses=np.concatenate(smoothed).astype(np.float64),
+        eval_steps=eval_steps,
+        eval_learning_rates=learning_rates[eval_steps - 1] if eval_steps.size else np.zeros(0),
+        eval_metrics={k: np.asarray(x, np.float64) for k, x in eval_metrics.items()},
+        stop_reason=_REASONS[stop_code],
+        stop_step=done if stop_code else None,
+        mode=mode,
+        min_lr=float(min_lr),
+        max_lr=float(max_lr),
+        num_steps=int(num_steps),
+    )
+
+
+def parallel_range_test(
+    loss_fn: Callable[..., jax.Array],
+    params: Any,
+    batches: Any,
+    *,
+    learning_rates: Sequence[float] | np.ndarray,
+    num_steps: int,
+    optimizer: Callable[[Any], optax.GradientTransformation] = optax.sgd,
+    eval_fn: Callable[[Any], Mapping[str, jax.Array]] | None = None,
+    seeds: Sequence[int] = (0,),
+    init_fn: Callable[[jax.Array], Any] | None = None,
+    tail_fraction: float = 0.1,
+    diverge_threshold: float = 4.0,
+) -> ParallelRangeTestResult:
+    """Trains K copies at K fixed learning rates at once, in one vmapped program.
+
+    Each member starts from ``params`` (or from ``init_fn(key)`` for its seed), sees the
+    same batches, and trains ``num_steps`` steps at its own constant rate. With several
+    seeds the spread across seeds gives a confidence band. Bounds are read from the
+    result with `clr_jax.suggest_bounds` exactly as from a `range_test`.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, or with a ``key`` argument as in
+        `range_test` (the key then also depends on the seed).
+      params: the starting pytree; ignored when ``init_fn`` is given.
+      batches: a pytree of arrays with a leading step axis (cycled if shorter than
+        ``num_steps``), or an iterable of at least ``num_steps`` batches.
+      learning_rates: the K rates to try, all > 0.
+      num_steps: steps each member trains, >= 1.
+      optimizer: ``learning_rate -> optax.GradientTransformation``; it receives a traced
+        scalar rate.
+      eval_fn: ``eval_fn(params) -> {name: scalar}``, a JAX function (it is vmapped),
+        run once at the end.
+      seeds: the seeds; each is run at every rate.
+      init_fn: ``init_fn(key) -> params``, to start each seed from its own init.
+      tail_fraction: the final loss is the mean over this last fraction of steps.
+      diverge_threshold: members whose final loss exceeds this multiple of their first
+        loss count as diverged.
+
+    Returns:
+      A `ParallelRangeTestResult`.
+
+    Raises:
+      ValueError: on an empty or non-positive rate list, ``num_steps < 1``, no seeds,
+        ``tail_fraction`` outside (0, 1], or too few batches.
+    """
+    rates = np.asarray(learning_rates, dtype=np.float64).reshape(-1)
+    if rates.size == 0:
+        raise ValueError("learning_rates is empty; give at least one rate.")
+    v.finite_positive("learning_rates", rates)
+    num_steps = v.positive_int("num_steps", num_steps)
+    seeds = np.asarray(list(seeds), dtype=np.int64).reshape(-1)
+    if seeds.size == 0:
+        raise ValueError("seeds is empty; give at least one seed, e.g. seeds=(0,).")
+    v.check("tail_fraction", tail_fraction, lambda f: (f > 0) & (f <= 1), "in (0, 1]")
+    v.check("diverge_threshold", diverge_threshold, lambda d: d > 1, "> 1")
+    num_batches = _leading_length(batches)
+    if num_batches is None:
+        items = []
+        for item in batches:
+            items.append(item)
+            if len(items) == num_steps:
+                break
+        if len(items) < num_steps:
+            raise ValueError(f"batches ran out after {len(items)} of num_steps={num_steps}; "
+                             "give at least num_steps batches.")
+        batches = jax.tree.map(lambda *xs: jnp.stack(xs), *items)
+        num_batches = num_steps
+    if num_batches == 0:
+        raise ValueError("batches has 0 entries on its leading step axis.")
+    takes_key = _takes_key(loss_fn)
+    tail = max(1, round(tail_fraction * num_steps))
+
+    def member(lr, seed):
+        init_key, key = jax.random.split(jax.random.key(seed))
+        p = init_fn(init_key) if init_fn is not None else params
+        tx = optimizer(lr)
+        state = tx.init(p)
+
+        def body(carry, t):
+            p, state, ok = carry
+            batch = jax.tree.map(lambda x: x[t % num_batches], batches)
+            if takes_key:
+                loss, grads = jax.value_and_grad(
+                    lambda q: loss_fn(q, batch, key=jax.random.fold_in(key, t)))(p)
+            else:
+                loss, grads = jax.value_and_grad(loss_fn)(p, batch)
+            updates, new_state = tx.update(grads, state, p)
+            ok = ok & jnp.isfinite(loss)
+            keep = lambda new, old: jax.tree.map(  # noqa: E731
+                lambda a, b: jnp.where(ok, a, b), new, old)
+            return (keep(optax.apply_updates(p, updates), p), keep(new_state, state), ok), \
+                jnp.where(ok, jnp.asarray(loss, jnp.float32), jnp.nan)
+
+        (p, _, _), losses = jax.lax.scan(body, (p, state, jnp.bool_(True)),
+                                         jnp.arange(num_steps))
+        metrics = dict(eval_fn(p)) if eval_fn is not None else {}
+        return losses, {k: jnp.asarray(x, jnp.float32) for k, x in metrics.items()}
+
+    run = jax.jit(jax.vmap(jax.vmap(member, in_axes=(0, None)), in_axes=(None, 0)))
+    losses, metrics = run(jnp.asarray(rates, jnp.float32), jnp.asarray(seeds, jnp.uint32))
+    losses = np.asarray(losses, np.float64)
+    return ParallelRangeTestResult(
+        learning_rates=rates,
+        seeds=seeds,
+        losses=losses,
+        final_losses=losses[..., -tail:].mean(axis=-1),
+        eval_metrics={k: np.asarray(x, np.float64) for k, x in metrics.items()},
+        num_steps=num_steps,
+        diverge_threshold=float(diverge_threshold),
+    )
+

@@ -1,0 +1,336 @@
+"""The range test and bound suggestion, on problems whose answers are known."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import clr_jax
+from clr_jax import plotting
+
+# Stochastic least squares: loss = mean((x.w - y)^2) with E[x x^T] = diag(VARIANCES).
+# Its Hessian is 2 diag(VARIANCES), so gradient descent diverges for
+# lr > 2 / (2 * max variance) = 1.0.
+VARIANCES = np.array([1.0, 0.5, 0.25, 0.1, 0.05])
+CRITICAL_LR = 2 / (2 * VARIANCES.max())
+
+
+def least_squares(num_batches=300, batch=256, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_batches, batch, VARIANCES.size)) * np.sqrt(VARIANCES)
+    w = rng.normal(size=VARIANCES.size)
+    y = x @ w + 0.1 * rng.normal(size=(num_batches, batch))
+    return {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(y, jnp.float32)}
+
+
+def loss_fn(w, batch):
+    return jnp.mean((batch["x"] @ w - batch["y"]) ** 2)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return least_squares()
+
+
+@pytest.fixture(scope="module")
+def linear_result(batches):
+    return clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.01, max_lr=3.0,
+                              num_steps=300)
+
+
+class TestDivergence:
+    def test_stops_soon_after_critical_rate(self, linear_result):
+        r = linear_result
+        assert r.stop_reason == "diverged" and r.stopped_early
+        assert CRITICAL_LR < r.learning_rates[-1] < 1.5 * CRITICAL_LR
+        assert len(r.losses) == r.stop_step < 300
+
+    @pytest.mark.parametrize("method", ["steepest", "valley", "minimum"])
+    @pytest.mark.parametrize("mode", ["linear", "exponential"])
+    def test_loss_rules_below_critical_but_not_absurdly(self, batches, method, mode):
+        r = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.01 if mode == "linear"
+                               else 1e-3, max_lr=3.0, num_steps=300, mode=mode)
+        b = clr_jax.suggest_bounds(r, method)
+        assert CRITICAL_LR / 50 < b.max_lr < CRITICAL_LR
+        assert b.base_lr == pytest.approx(b.max_lr / 4)
+
+    def test_non_finite_loss_stops_without_exception(self, batches):
+        def poisoned(w, batch):  # NaN once w leaves a ball, before divergence is seen
+            return loss_fn(w, batch) + jnp.where(jnp.abs(w).max() > 1e3, jnp.nan, 0.0)
+
+        r = clr_jax.range_test(poisoned, jnp.zeros(5), batches, min_lr=0.01, max_lr=3.0,
+                               num_steps=300, diverge_threshold=1e30)
+        assert r.stop_reason == "non-finite loss"
+        assert np.isnan(r.losses[-1]) and np.isfinite(r.losses[:-1]).all()
+        b = clr_jax.suggest_bounds(r, "valley")
+        assert 0 < b.max_lr < CRITICAL_LR
+
+    def test_runs_all_steps_when_stable(self, batches):
+        r = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.001, max_lr=0.5,
+                               num_steps=120)
+        assert r.stop_reason is None and r.stop_step is None and len(r.losses) == 120
+        np.testing.assert_allclose(r.learning_rates[[0, -1]], [0.001, 0.5], rtol=1e-6)
+
+
+class TestMechanics:
+    def test_ramps(self, batches):
+        lin = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.1, max_lr=0.5,
+                                 num_steps=5)
+        np.testing.assert_allclose(lin.learning_rates, [0.1, 0.2, 0.3, 0.4, 0.5], rtol=1e-6)
+        exp = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=1e-4, max_lr=1e-0,
+                                 num_steps=5, mode="exponential")
+        np.testing.assert_allclose(exp.learning_rates, [1e-4, 1e-3, 1e-2, 1e-1, 1.0], rtol=1e-5)
+
+    def test_losses_match_a_hand_written_loop(self, batches):
+        """Raw losses and the bias-corrected smoothing, recomputed step by step."""
+        r = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.01, max_lr=0.1,
+                               num_steps=30, smoothing=0.9)
+        w, avg, expected, smooth = np.zeros(5), 0.0, [], []
+        for t in range(30):
+            lr = 0.01 + 0.09 * t / 29
+            x, y = np.asarray(batches["x"][t], np.float64), np.asarray(batches["y"][t], np.float64)
+            residual = x @ w - y
+            loss = np.mean(residual**2)
+            w = w - lr * 2 * x.T @ residual / len(y)
+            avg = 0.9 * avg + 0.1 * loss
+            expected.append(loss)
+            smooth.append(avg / (1 - 0.9 ** (t + 1)))
+        np.testing.assert_allclose(r.losses, expected, rtol=1e-4)
+        np.testing.assert_allclose(r.smoothed_losses, smooth, rtol=1e-4)
+
+    def test_params_untouched_and_reproducible(self, batches):
+        params = {"w": jnp.ones(5), "b": np.zeros(())}
+        before = jax.tree.map(np.array, params)
+
+        def loss(p, batch):
+            return jnp.mean((batch["x"] @ p["w"] + p["b"] - batch["y"]) ** 2)
+
+        a = clr_jax.range_test(loss, params, batches, min_lr=0.01, max_lr=2, num_steps=100)
+        b = clr_jax.range_test(loss, params, batches, min_lr=0.01, max_lr=2, num_steps=100)
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, params), before)
+        np.testing.assert_array_equal(a.losses, b.losses)
+
+    def test_iterable_batches_equal_stacked(self, batches):
+        stacked = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.01, max_lr=0.5,
+                                     num_steps=47)
+        items = ({k: x[i] for k, x in batches.items()} for i in range(300))
+        streamed = clr_jax.range_test(loss_fn, jnp.zeros(5), items, min_lr=0.01, max_lr=0.5,
+                                      num_steps=47)
+        np.testing.assert_allclose(streamed.losses, stacked.losses, rtol=1e-6)
+
+    def test_short_stack_is_cycled(self, batches):
+        few = {k: x[:3] for k, x in batches.items()}
+        r = clr_jax.range_test(loss_fn, jnp.zeros(5), few, min_lr=1e-6, max_lr=2e-6,
+                               num_steps=7)
+        # With a negligible rate, the loss repeats with the batches' period of 3.
+        np.testing.assert_allclose(r.losses[:4], r.losses[3:], rtol=1e-4)
+
+    def test_eval_fn_every_n_steps(self, batches):
+        calls = []
+
+        def eval_fn(w):
+            calls.append(None)
+            return {"accuracy": -jnp.sum(w**2), "norm": jnp.linalg.norm(w)}
+
+        r = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.01, max_lr=0.5,
+                               num_steps=100, eval_fn=eval_fn, eval_every=25)
+        np.testing.assert_array_equal(r.eval_steps, [25, 50, 75, 100])
+        np.testing.assert_allclose(r.eval_learning_rates, r.learning_rates[[24, 49, 74, 99]])
+        assert set(r.eval_metrics) == {"accuracy", "norm"} and len(calls) == 4
+
+    def test_key_argument_reproducible_by_seed(self, batches):
+        def noisy(w, batch, key):
+            return loss_fn(w, batch) * (1 + 0.1 * jax.random.normal(key))
+
+        run = lambda seed: clr_jax.range_test(  # noqa: E731
+            noisy, jnp.zeros(5), batches, min_lr=0.01, max_lr=0.2, num_steps=20, seed=seed)
+        np.testing.assert_array_equal(run(1).losses, run(1).losses)
+        assert not np.array_equal(run(1).losses, run(2).losses)
+
+    @pytest.mark.parametrize("optimizer", [
+        optax.sgd, lambda lr: optax.sgd(lr, momentum=0.9), optax.adam,
+        lambda lr: optax.chain(optax.clip_by_global_norm(10.0), optax.adamw(lr)),
+    ], ids=["sgd", "momentum", "adam", "chain"])
+    def test_optimizers_and_pytree_params(self, batches, optimizer):
+        params = {"layer": {"w": jnp.zeros(5)}, "bias": jnp.zeros(())}
+
+        def loss(p, batch):
+            return jnp.mean((batch["x"] @ p["layer"]["w"] + p["bias"] - batch["y"]) ** 2)
+
+        r = clr_jax.range_test(loss, params, batches, min_lr=1e-4, max_lr=10.0, num_steps=200,
+                               optimizer=optimizer, mode="exponential")
+        assert np.isfinite(r.losses[: max(1, len(r.losses) - 1)]).all()
+        assert r.smoothed_losses.min() < 0.5 * r.losses[0]  # it trained
+        b = clr_jax.suggest_bounds(r, "valley")
+        assert 1e-4 <= b.base_lr < b.max_lr <= 10.0
+
+    def test_json_round_trip(self, tmp_path, batches):
+        r = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.01, max_lr=3.0,
+                               num_steps=300, eval_fn=lambda w: {"accuracy": -w.sum()},
+                               eval_every=40)
+        path = tmp_path / "rt.json"
+        r.save_json(path)
+        back = clr_jax.RangeTestResult.from_dict(json.loads(path.read_text()))
+        np.testing.assert_array_equal(back.losses, r.losses)
+        np.testing.assert_array_equal(back.eval_metrics["accuracy"], r.eval_metrics["accuracy"])
+        assert back.stop_reason == r.stop_reason and back.stop_step == r.stop_step
+
+
+def synthetic_result(rates, accuracy):
+    n = len(rates)
+    return clr_jax.RangeTestResult(
+        learning_rates=np.asarray(rates), losses=np.ones(n), smoothed_losses=np.ones(n),
+        eval_steps=np.arange(1, n + 1), eval_learning_rates=np.asarray(rates),
+        eval_metrics={"accuracy": np.asarray(accuracy)}, stop_reason=None, stop_step=None,
+        mode="linear", min_lr=float(rates[0]), max_lr=float(rates[-1]), num_steps=n)
+
+
+class TestPaperRule:
+    def test_known_rise_and_plateau(self):
+        """Accuracy rises linearly from 10% at 0.001 to 70% at 0.006, holds, then falls."""
+        rng = np.random.default_rng(0)
+        rates = np.linspace(0.0001, 0.01, 100)
+        clean = 0.1 + 0.6 * np.clip((rates - 0.001) / 0.005, 0, 1)
+        clean = np.where(rates > 0.008, clean - 40 * (rates - 0.008), clean)
+        noisy = clean + rng.uniform(-0.01, 0.01, rates.size)
+        b = clr_jax.suggest_bounds(synthetic_result(rates, noisy), "paper")
+        # 10% of the rise is made at 0.0015, 90% at 0.0055.
+        assert 0.0012 <= b.base_lr <= 0.002
+        assert 0.005 <= b.max_lr <= 0.0062
+        peak = clr_jax.suggest_bounds(synthetic_result(rates, noisy), "paper_peak")
+        assert 0.006 <= peak.max_lr <= 0.008 and peak.base_lr == pytest.approx(peak.max_lr / 4)
+
+    def test_single_outlier_is_ignored(self):
+        rates = np.linspace(0.001, 0.01, 10)
+        acc = np.array([0.1, 0.1, 0.9, 0.1, 0.2, 0.4, 0.6, 0.7, 0.7, 0.7])
+        b = clr_jax.suggest_bounds(synthetic_result(rates, acc), "paper")
+        # Running median: [.1 .1 .1 .2 .2 .4 .6 .7 .7 .7]; the 0.9 spike is gone. The rise
+        # is 0.6: 10% (0.16) is first reached at index 3, 90% (0.64) at index 7.
+        assert b.base_lr == pytest.approx(rates[3]) and b.max_lr == pytest.approx(rates[7])
+
+    def test_auto_picks_paper_with_accuracy(self):
+        rates = np.linspace(0.001, 0.01, 10)
+        acc = np.linspace(0.1, 0.8, 10)
+        assert clr_jax.suggest_bounds(synthetic_result(rates, acc)).method == "paper"
+
+    @pytest.mark.parametrize("accuracy, match", [
+        (np.full(10, 0.5), "rises by only"),
+        (np.r_[np.full(8, np.nan), 0.1, 0.2], "needs at least 3 finite 'accuracy' points"),
+    ])
+    def test_errors(self, accuracy, match):
+        with pytest.raises(ValueError, match=match):
+            clr_jax.suggest_bounds(synthetic_result(np.linspace(0.1, 1, 10), accuracy), "paper")
+
+
+@pytest.fixture(scope="module")
+def parallel_result(batches):
+    return clr_jax.parallel_range_test(
+        loss_fn, None, batches, learning_rates=np.geomspace(0.01, 3.0, 10), num_steps=100,
+        seeds=(0, 1, 2), init_fn=lambda key: jax.random.normal(key, (5,)),
+        eval_fn=lambda w: {"accuracy": -loss_fn(w, jax.tree.map(lambda x: x[0], batches))})
+
+
+class TestParallel:
+    @pytest.fixture
+    def result(self, parallel_result):
+        return parallel_result
+
+    def test_shapes_and_divergence(self, result):
+        assert result.losses.shape == (3, 10, 100) and result.final_losses.shape == (3, 10)
+        above = result.learning_rates > CRITICAL_LR * 1.05
+        assert result.diverged[:, above].all() and not result.diverged[:, ~above].any()
+        assert result.eval_metrics["accuracy"].shape == (3, 10)
+
+    def test_seeds_differ(self, result):
+        assert not np.allclose(result.losses[0, 0], result.losses[1, 0])
+
+    def test_member_equals_plain_training(self, batches):
+        rates = np.array([0.05, 0.3])
+        r = clr_jax.parallel_range_test(loss_fn, jnp.zeros(5), batches, learning_rates=rates,
+                                        num_steps=20, optimizer=lambda lr: optax.sgd(lr, 0.9))
+        for k, lr in enumerate(rates):
+            tx = optax.sgd(float(lr), 0.9)
+            w, state, losses = jnp.zeros(5), None, []
+            state = tx.init(w)
+            for t in range(20):
+                batch = jax.tree.map(lambda x: x[t], batches)
+                loss, g = jax.value_and_grad(loss_fn)(w, batch)
+                updates, state = tx.update(g, state, w)
+                w = optax.apply_updates(w, updates)
+                losses.append(float(loss))
+            np.testing.assert_allclose(r.losses[0, k], losses, rtol=1e-5)
+
+    @pytest.mark.parametrize("method", ["steepest", "valley", "minimum", "paper_peak"])
+    def test_suggestions(self, result, method):
+        b = clr_jax.suggest_bounds(result, method)
+        assert 0.01 / 4 <= b.base_lr < b.max_lr < CRITICAL_LR
+
+    def test_errors(self, batches):
+        with pytest.raises(ValueError, match="learning_rates is empty"):
+            clr_jax.parallel_range_test(loss_fn, jnp.zeros(5), batches, learning_rates=[],
+                                        num_steps=5)
+        with pytest.raises(ValueError, match="learning_rates must be a finite number > 0"):
+            clr_jax.parallel_range_test(loss_fn, jnp.zeros(5), batches,
+                                        learning_rates=[0.1, -1.0], num_steps=5)
+        with pytest.raises(ValueError, match="seeds is empty"):
+            clr_jax.parallel_range_test(loss_fn, jnp.zeros(5), batches, learning_rates=[0.1],
+                                        num_steps=5, seeds=())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(min_lr=0.1, max_lr=0.1, num_steps=10), "max_lr must be > min_lr"),
+    (dict(min_lr=0.5, max_lr=0.1, num_steps=10), "max_lr must be > min_lr"),
+    (dict(min_lr=0.0, max_lr=0.1, num_steps=10), "min_lr must be a finite number > 0"),
+    (dict(min_lr=0.01, max_lr=float("inf"), num_steps=10), "max_lr"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=1), "num_steps must be an integer >= 2"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10.5), "num_steps"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, mode="log"), "mode must be one of"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, eval_every=5), "eval_fn is not"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, eval_fn=lambda p: {}), "eval_every is not"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, eval_fn=lambda p: {}, eval_every=0),
+     "eval_every must be a positive integer"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, smoothing=1.0), r"smoothing must be in \[0, 1\)"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, diverge_threshold=1.0), "diverge_threshold"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, optimizer=lambda lr: lr), "optimizer must map"),
+])
+def test_range_test_bad_arguments(batches, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        clr_jax.range_test(loss_fn, jnp.zeros(5), batches, **kwargs)
+
+
+def test_batches_run_out(batches):
+    items = ({k: x[i] for k, x in batches.items()} for i in range(5))
+    with pytest.raises(ValueError, match="batches ran out after 5 of num_steps=10"):
+        clr_jax.range_test(loss_fn, jnp.zeros(5), items, min_lr=0.01, max_lr=0.1, num_steps=10)
+
+
+def test_mismatched_batch_axes():
+    bad = {"x": jnp.zeros((4, 2, 5)), "y": jnp.zeros((3, 2))}
+    with pytest.raises(ValueError, match="one leading step axis"):
+        clr_jax.range_test(loss_fn, jnp.zeros(5), bad, min_lr=0.01, max_lr=0.1, num_steps=10)
+
+
+def test_suggest_errors(linear_result):
+    with pytest.raises(ValueError, match="method must be one of"):
+        clr_jax.suggest_bounds(linear_result, "fastest")
+    with pytest.raises(ValueError, match="reads the 'accuracy' metric"):
+        clr_jax.suggest_bounds(linear_result, "paper")
+    short = clr_jax.range_test(loss_fn, jnp.zeros(5), least_squares(), min_lr=5.0,
+                               max_lr=50.0, num_steps=50)
+    with pytest.raises(ValueError, match="needs at least 5 finite loss points"):
+        clr_jax.suggest_bounds(short, "minimum")
+    with pytest.raises(ValueError, match="result must be"):
+        clr_jax.suggest_bounds({"losses": []}, "minimum")
+
+
+def test_plots(tmp_path, linear_result):
+    bounds = [clr_jax.suggest_bounds(linear_result, m) for m in ("steepest", "valley")]
+    plotting.save_figure(plotting.plot_range_test(linear_result, bounds), tmp_path / "a.png")
+    rates = np.linspace(0.001, 0.01, 10)
+    synthetic = synthetic_result(rates, np.linspace(0.1, 0.8, 10))
+    plotting.save_figure(plotting.plot_range_test(synthetic, clr_jax.suggest_bounds(synthetic)),
+                         tmp_path / "b.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").exists()
