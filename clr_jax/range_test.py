@@ -335,30 +335,27 @@ def range_test(
         return loss_fn(p, batch)
 
     def step(carry, batch):
+        # No lax.cond and no select over the parameters: after a stop the remaining
+        # steps of the chunk still run (at most one chunk is wasted) but are not
+        # recorded, which keeps the common, non-diverging path as cheap as plain
+        # training. Parameters after a non-finite step are never evaluated.
         p, opt_state, avg, best, stopped, t = carry
-
-        def run(_):
-            loss, grads = jax.value_and_grad(loss_at)(p, batch, t)
-            loss = jnp.asarray(loss, jnp.float32)
-            updates, new_state = tx.update(grads, opt_state, p)
-            new_p = optax.apply_updates(p, updates)
-            finite = jnp.isfinite(loss)
-            new_avg = beta * avg + (1 - beta) * loss
-            smoothed = new_avg / (1 - jnp.float32(beta) ** (t + 1).astype(jnp.float32))
-            diverged = (t > 0) & (smoothed > diverge_threshold * best)
-            reason = jnp.where(~finite, 2, jnp.where(diverged, 1, 0))
-            new_best = jnp.where(t == 0, smoothed, jnp.minimum(best, smoothed))
-            keep = lambda new, old: jax.tree.map(  # noqa: E731
-                lambda a, b: jnp.where(finite, a, b), new, old)
-            out = (keep(new_p, p), keep(new_state, opt_state), new_avg, new_best,
-                   (reason > 0) | (t + 1 >= num_steps), t + 1)
-            return out, (loss, smoothed, reason)
-
-        def skip(_):
-            nan = jnp.float32(jnp.nan)
-            return carry, (nan, nan, jnp.int32(-1))
-
-        return jax.lax.cond(stopped, skip, run, None)
+        loss, grads = jax.value_and_grad(loss_at)(p, batch, t)
+        loss = jnp.asarray(loss, jnp.float32)
+        updates, new_state = tx.update(grads, opt_state, p)
+        new_p = optax.apply_updates(p, updates)
+        new_avg = beta * avg + (1 - beta) * loss
+        smoothed = new_avg / (1 - jnp.float32(beta) ** (t + 1).astype(jnp.float32))
+        diverged = (t > 0) & (smoothed > diverge_threshold * best)
+        reason = jnp.where(~jnp.isfinite(loss), 2, jnp.where(diverged, 1, 0))
+        new_best = jnp.where(t == 0, smoothed, jnp.minimum(best, smoothed))
+        active = ~stopped
+        out = (new_p, new_state, jnp.where(active, new_avg, avg),
+               jnp.where(active, new_best, best),
+               stopped | (reason > 0) | (t + 1 >= num_steps), jnp.where(active, t + 1, t))
+        nan = jnp.float32(jnp.nan)
+        return out, (jnp.where(active, loss, nan), jnp.where(active, smoothed, nan),
+                     jnp.where(active, reason, -1))
 
     if num_batches is not None:
         @jax.jit
@@ -405,9 +402,10 @@ def range_test(
         done += ran
         if bar is not None:
             bar.update(ran)
-        stopped_now = ran < chunk or bool((r[:ran] > 0).any())
-        if eval_fn is not None and done % eval_every == 0 and not (
-                stopped_now and reasons[-1].size and reasons[-1][-1] == 2):
+        # Evaluate at chunk ends only: a chunk that stopped early kept training past the
+        # stop, and parameters after a non-finite loss are meaningless.
+        full_chunk = ran == chunk and not (ran and r[ran - 1] == 2)
+        if eval_fn is not None and full_chunk and done % eval_every == 0:
             for name, value in eval_fn(carry[0]).items():
                 eval_metrics.setdefault(name, []).append(float(value))
             eval_steps.append(done)
