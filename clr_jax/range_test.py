@@ -179,6 +179,22 @@ def ramp(min_lr: float, max_lr: float, num_steps: int, mode: str = "linear") -> 
     return schedule
 
 
+def _group_size(chunk: int) -> tuple[int, bool]:
+    """(steps per compiled call, whether to unroll them).
+
+    XLA's CPU backend runs convolution gradients inside a while loop (what an
+    un-unrolled ``lax.scan`` becomes) about 17x slower than outside one (measured on
+    a small CNN, see benchmarks/RESULTS.md). On CPU the steps are therefore run in
+    fully unrolled groups of at most 16, called back to back from Python; dispatch is
+    asynchronous, so the host still waits only at the end of a chunk. Other backends
+    run a whole chunk in one ``lax.scan``.
+    """
+    if jax.default_backend() != "cpu":
+        return chunk, False
+    group = max(d for d in range(1, min(chunk, 16) + 1) if chunk % d == 0)
+    return group, True
+
+
 def _takes_key(loss_fn: Callable) -> bool:
     try:
         return "key" in inspect.signature(loss_fn).parameters
@@ -357,18 +373,30 @@ def range_test(
         return out, (jnp.where(active, loss, nan), jnp.where(active, smoothed, nan),
                      jnp.where(active, reason, -1))
 
+    group, unroll = _group_size(chunk)
     if num_batches is not None:
         @jax.jit
-        def run_chunk(carry, all_batches):
+        def run_group(carry, all_batches):
             def body(c, _):
                 batch = jax.tree.map(lambda x: x[c[-1] % num_batches], all_batches)
                 return step(c, batch)
-            return jax.lax.scan(body, carry, None, length=chunk)
+            return jax.lax.scan(body, carry, None, length=group, unroll=unroll)
     else:
         @jax.jit
-        def run_chunk(carry, chunk_batches):
-            return jax.lax.scan(step, carry, chunk_batches)
+        def run_group(carry, group_batches):
+            return jax.lax.scan(step, carry, group_batches, unroll=unroll)
         iterator = iter(batches)
+
+    def run_chunk(carry, chunk_batches):
+        outputs = []
+        for start in range(0, chunk, group):
+            if num_batches is None:
+                part = jax.tree.map(lambda x: x[start:start + group], chunk_batches)
+            else:
+                part = chunk_batches
+            carry, out = run_group(carry, part)
+            outputs.append(out)
+        return carry, jax.tree.map(lambda *xs: jnp.concatenate(xs), *outputs)
 
     # Copies, so nothing the caller holds is donated or aliased.
     params0 = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
@@ -507,14 +535,20 @@ def parallel_range_test(
     takes_key = _takes_key(loss_fn)
     tail = max(1, round(tail_fraction * num_steps))
 
-    def member(lr, seed):
+    group, unroll = _group_size(16 if jax.default_backend() == "cpu" else num_steps)
+    num_groups = math.ceil(num_steps / group)
+
+    def start(lr, seed):
         init_key, key = jax.random.split(jax.random.key(seed))
         p = init_fn(init_key) if init_fn is not None else params
-        tx = optimizer(lr)
-        state = tx.init(p)
+        return p, optimizer(lr).init(p), jnp.bool_(True), key
 
-        def body(carry, t):
-            p, state, ok = carry
+    def advance(lr, carry, first_step):
+        p, state, ok, key = carry
+        tx = optimizer(lr)
+
+        def body(c, t):
+            p, state, ok = c
             batch = jax.tree.map(lambda x: x[t % num_batches], batches)
             if takes_key:
                 loss, grads = jax.value_and_grad(
@@ -522,19 +556,35 @@ def parallel_range_test(
             else:
                 loss, grads = jax.value_and_grad(loss_fn)(p, batch)
             updates, new_state = tx.update(grads, state, p)
-            ok = ok & jnp.isfinite(loss)
+            # Stop a member at its first non-finite loss, and at num_steps (the last
+            # group may run past it).
+            ok = ok & jnp.isfinite(loss) & (t < num_steps)
             keep = lambda new, old: jax.tree.map(  # noqa: E731
                 lambda a, b: jnp.where(ok, a, b), new, old)
             return (keep(optax.apply_updates(p, updates), p), keep(new_state, state), ok), \
                 jnp.where(ok, jnp.asarray(loss, jnp.float32), jnp.nan)
 
-        (p, _, _), losses = jax.lax.scan(body, (p, state, jnp.bool_(True)),
-                                         jnp.arange(num_steps))
-        metrics = dict(eval_fn(p)) if eval_fn is not None else {}
-        return losses, {k: jnp.asarray(x, jnp.float32) for k, x in metrics.items()}
+        (p, state, ok), losses = jax.lax.scan(
+            body, (p, state, ok), first_step + jnp.arange(group), unroll=unroll)
+        return (p, state, ok, key), losses
 
-    run = jax.jit(jax.vmap(jax.vmap(member, in_axes=(0, None)), in_axes=(None, 0)))
-    losses, metrics = run(jnp.asarray(rates, jnp.float32), jnp.asarray(seeds, jnp.uint32))
+    def finish(carry):
+        metrics = dict(eval_fn(carry[0])) if eval_fn is not None else {}
+        return {k: jnp.asarray(x, jnp.float32) for k, x in metrics.items()}
+
+    def both(f, in_axes):  # vmap over rates (inner) and seeds (outer)
+        inner = jax.vmap(f, in_axes=in_axes[0])
+        return jax.jit(jax.vmap(inner, in_axes=in_axes[1]))
+
+    lrs = jnp.asarray(rates, jnp.float32)
+    carry = both(start, ((0, None), (None, 0)))(lrs, jnp.asarray(seeds, jnp.uint32))
+    run_group = both(advance, ((0, 0, None), (None, 0, None)))
+    chunks = []
+    for g in range(num_groups):
+        carry, part = run_group(lrs, carry, jnp.int32(g * group))
+        chunks.append(part)
+    losses = jnp.concatenate(chunks, axis=-1)[..., :num_steps]
+    metrics = both(finish, (0, 0))(carry)
     losses = np.asarray(losses, np.float64)
     return ParallelRangeTestResult(
         learning_rates=rates,

@@ -1,0 +1,137 @@
+"""Image data sets as uint8 arrays: local image folders (a directory or a .tar.gz).
+
+The layout is the one ``tfds.folder_dataset.ImageFolder`` reads::
+
+    <root>/train/<class>/*.jpg
+    <root>/test/<class>/*.jpg
+
+Decoding tens of thousands of JPEGs takes a while, so the decoded arrays are cached as
+an ``.npz`` keyed by the source file's size and modification time, and reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ImageDataset", "cache_dir", "load_image_folder"]
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    """A split image data set, as uint8 NHWC images and int32 labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def cache_dir() -> Path:
+    """Where decoded arrays are cached: $CLR_JAX_CACHE or ~/.cache/clr_jax."""
+    return Path(os.environ.get("CLR_JAX_CACHE", Path.home() / ".cache" / "clr_jax"))
+
+
+def _decode(data: bytes, name: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot decode image {name}: {error}") from None
+
+
+def _members(source: Path):
+    """(split, class, name, bytes) for every image file, in sorted order."""
+    if source.is_dir():
+        for path in sorted(source.rglob("*")):
+            if path.suffix.lower() in _IMAGE_SUFFIXES and path.is_file():
+                parts = path.relative_to(source).parts
+                yield parts[-3] if len(parts) >= 3 else "", parts[-2], str(path), path.read_bytes()
+        return
+    try:
+        archive = tarfile.open(source, "r:*")
+    except (tarfile.TarError, OSError) as error:
+        raise ValueError(f"cannot read archive {source}: {error}") from None
+    with archive:
+        members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
+        for member in members:
+            parts = Path(member.name).parts
+            if Path(member.name).suffix.lower() not in _IMAGE_SUFFIXES or len(parts) < 3:
+                continue
+            yield parts[-3], parts[-2], member.name, archive.extractfile(member).read()
+
+
+def load_image_folder(source: str | os.PathLike, *, use_cache: bool = True) -> ImageDataset:
+    """Loads ``train/`` and ``test/`` splits of an image folder or a .tar.gz of one.
+
+    Args:
+      source: a directory, or a tar archive of one (e.g. ``cifar10-jpg.tar.gz``).
+      use_cache: read and write the decoded arrays under `cache_dir`.
+
+    Returns:
+      The `ImageDataset`; classes are the sorted folder names of ``train/``.
+
+    Raises:
+      ValueError: if the source is missing, unreadable, has no train/test images,
+        the two splits' classes differ, a file cannot be decoded (its name is given)
+        or images differ in size.
+    """
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise ValueError(
+            f"data not found: {source} does not exist; pass the folder or .tar.gz "
+            "holding train/<class>/*.jpg and test/<class>/*.jpg."
+        )
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    cached = cache_dir() / f"{source.name}.{key.hexdigest()[:16]}.npz"
+    if use_cache and cached.exists():
+        with np.load(cached) as data:
+            return ImageDataset(data["train_images"], data["train_labels"],
+                                data["test_images"], data["test_labels"],
+                                tuple(str(c) for c in data["class_names"]))
+    images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    classes: dict[str, list[str]] = {"train": [], "test": []}
+    for split, label, name, data in _members(source):
+        if split in images:
+            images[split].append(_decode(data, name))
+            classes[split].append(label)
+    for split in ("train", "test"):
+        if not images[split]:
+            raise ValueError(
+                f"no {split} images in {source}: expected {split}/<class>/<image>.jpg inside."
+            )
+    names = tuple(sorted(set(classes["train"])))
+    unknown = sorted(set(classes["test"]) - set(names))
+    if unknown:
+        raise ValueError(f"test classes {unknown} in {source} have no train images.")
+    index = {n: i for i, n in enumerate(names)}
+    arrays = {}
+    for split in ("train", "test"):
+        shapes = {im.shape for im in images[split]}
+        if len(shapes) != 1:
+            raise ValueError(f"{split} images in {source} differ in size: {sorted(shapes)[:4]}.")
+        arrays[f"{split}_images"] = np.stack(images[split])
+        arrays[f"{split}_labels"] = np.array([index[c] for c in classes[split]], np.int32)
+    dataset = ImageDataset(class_names=names, **arrays)
+    if use_cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, class_names=np.array(names), **arrays)
+        os.replace(tmp, cached)
+    return dataset
