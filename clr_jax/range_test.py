@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -179,17 +181,32 @@ def ramp(min_lr: float, max_lr: float, num_steps: int, mode: str = "linear") -> 
     return schedule
 
 
-def _group_size(chunk: int) -> tuple[int, bool]:
+def _uses_convolution(fn: Callable, *args) -> bool:
+    """Whether ``jax.grad`` of ``fn`` at these arguments contains a convolution."""
+    def walk(jaxpr) -> bool:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                return True
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                if walk(sub):
+                    return True
+        return False
+
+    return walk(jax.make_jaxpr(jax.grad(fn))(*args).jaxpr)
+
+
+def _group_size(chunk: int, convolutional: bool) -> tuple[int, bool]:
     """(steps per compiled call, whether to unroll them).
 
     XLA's CPU backend runs convolution gradients inside a while loop (what an
-    un-unrolled ``lax.scan`` becomes) about 17x slower than outside one (measured on
-    a small CNN, see benchmarks/RESULTS.md). On CPU the steps are therefore run in
-    fully unrolled groups of at most 16, called back to back from Python; dispatch is
-    asynchronous, so the host still waits only at the end of a chunk. Other backends
-    run a whole chunk in one ``lax.scan``.
+    un-unrolled ``lax.scan`` becomes) about 15x slower than outside one, while for
+    matrix-multiply models the loop is as fast and unrolling only costs compile time
+    (both measured, see benchmarks/RESULTS.md). So on CPU, models with convolutions run
+    their steps in fully unrolled groups of at most 16, called back to back from Python
+    (dispatch is asynchronous, so the host still waits only at the end of a chunk);
+    everything else runs a whole chunk in one ``lax.scan``.
     """
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or not convolutional:
         return chunk, False
     group = max(d for d in range(1, min(chunk, 16) + 1) if chunk % d == 0)
     return group, True
@@ -373,7 +390,17 @@ def range_test(
         return out, (jnp.where(active, loss, nan), jnp.where(active, smoothed, nan),
                      jnp.where(active, reason, -1))
 
-    group, unroll = _group_size(chunk)
+    if num_batches is not None:
+        first_batch = jax.tree.map(lambda x: x[0], batches)
+    else:
+        iterator = iter(batches)
+        try:
+            first_batch = next(iterator)
+        except StopIteration:
+            raise ValueError("batches is empty; give at least num_steps batches.") from None
+        iterator = itertools.chain([first_batch], iterator)
+    group, unroll = _group_size(chunk, _uses_convolution(
+        lambda p: loss_at(p, first_batch, jnp.int32(0)), params))
     if num_batches is not None:
         @jax.jit
         def run_group(carry, all_batches):
@@ -385,7 +412,6 @@ def range_test(
         @jax.jit
         def run_group(carry, group_batches):
             return jax.lax.scan(step, carry, group_batches, unroll=unroll)
-        iterator = iter(batches)
 
     def run_chunk(carry, chunk_batches):
         outputs = []
@@ -475,11 +501,16 @@ def parallel_range_test(
     init_fn: Callable[[jax.Array], Any] | None = None,
     tail_fraction: float = 0.1,
     diverge_threshold: float = 4.0,
+    vectorize: bool | None = None,
+    progress: bool = False,
 ) -> ParallelRangeTestResult:
     """Trains K copies at K fixed learning rates at once, in one vmapped program.
 
     Each member starts from ``params`` (or from ``init_fn(key)`` for its seed), sees the
-    same batches, and trains ``num_steps`` steps at its own constant rate. With several
+    same batches, and trains ``num_steps`` steps at its own constant rate. On GPU and
+    TPU the members are vmapped into one program; on CPU, where XLA's vmapped
+    convolutions are slower than separate runs, they run one after another through
+    the same compiled functions (one compilation either way). With several
     seeds the spread across seeds gives a confidence band. Bounds are read from the
     result with `clr_jax.suggest_bounds` exactly as from a `range_test`.
 
@@ -500,6 +531,9 @@ def parallel_range_test(
       tail_fraction: the final loss is the mean over this last fraction of steps.
       diverge_threshold: members whose final loss exceeds this multiple of their first
         loss count as diverged.
+      vectorize: vmap the members into one program (True) or run them one after
+        another (False); by default True except on CPU.
+      progress: show a progress bar (needs tqdm).
 
     Returns:
       A `ParallelRangeTestResult`.
@@ -535,7 +569,11 @@ def parallel_range_test(
     takes_key = _takes_key(loss_fn)
     tail = max(1, round(tail_fraction * num_steps))
 
-    group, unroll = _group_size(16 if jax.default_backend() == "cpu" else num_steps)
+    first_batch = jax.tree.map(lambda x: x[0], batches)
+    first_params = init_fn(jax.random.key(0)) if init_fn is not None else params
+    convolutional = _uses_convolution(lambda p: loss_fn(p, first_batch, key=jax.random.key(0))
+                                      if takes_key else loss_fn(p, first_batch), first_params)
+    group, unroll = _group_size(16 if convolutional else num_steps, convolutional)
     num_groups = math.ceil(num_steps / group)
 
     def start(lr, seed):
@@ -572,19 +610,54 @@ def parallel_range_test(
         metrics = dict(eval_fn(carry[0])) if eval_fn is not None else {}
         return {k: jnp.asarray(x, jnp.float32) for k, x in metrics.items()}
 
-    def both(f, in_axes):  # vmap over rates (inner) and seeds (outer)
-        inner = jax.vmap(f, in_axes=in_axes[0])
-        return jax.jit(jax.vmap(inner, in_axes=in_axes[1]))
-
     lrs = jnp.asarray(rates, jnp.float32)
-    carry = both(start, ((0, None), (None, 0)))(lrs, jnp.asarray(seeds, jnp.uint32))
-    run_group = both(advance, ((0, 0, None), (None, 0, None)))
-    chunks = []
-    for g in range(num_groups):
-        carry, part = run_group(lrs, carry, jnp.int32(g * group))
-        chunks.append(part)
-    losses = jnp.concatenate(chunks, axis=-1)[..., :num_steps]
-    metrics = both(finish, (0, 0))(carry)
+    seeds_array = jnp.asarray(seeds, jnp.uint32)
+    if vectorize is None:
+        vectorize = jax.default_backend() != "cpu"
+    if vectorize:
+        def both(f, in_axes):  # vmap over rates (inner) and seeds (outer)
+            return jax.jit(jax.vmap(jax.vmap(f, in_axes=in_axes[0]), in_axes=in_axes[1]))
+
+        carry = both(start, ((0, None), (None, 0)))(lrs, seeds_array)
+        run_group = both(advance, ((0, 0, None), (None, 0, None)))
+        parts = []
+        bar = _progress(num_groups * group, "parallel range test", progress)
+        for g in range(num_groups):
+            carry, part = run_group(lrs, carry, jnp.int32(g * group))
+            parts.append(part)
+            if bar is not None:
+                bar.update(group)
+        if bar is not None:
+            bar.close()
+        losses = jnp.concatenate(parts, axis=-1)[..., :num_steps]
+        metrics = both(finish, (0, 0))(carry)
+    else:
+        # XLA's CPU backend turns vmapped convolutions into grouped convolutions that
+        # ran slower than separate runs (benchmarks/RESULTS.md), so on CPU the members
+        # run one after another through the same compiled functions.
+        start_j, advance_j, finish_j = jax.jit(start), jax.jit(advance), jax.jit(finish)
+        rows, metric_rows = [], []
+        bar = _progress(seeds_array.size * lrs.size * num_groups * group,
+                        "parallel range test", progress)
+        for seed in seeds_array:
+            row, metric_row = [], []
+            for lr in lrs:
+                carry = start_j(lr, seed)
+                parts = []
+                for g in range(num_groups):
+                    carry, part = advance_j(lr, carry, jnp.int32(g * group))
+                    parts.append(part)
+                    if bar is not None:
+                        jax.block_until_ready(part)
+                        bar.update(group)
+                row.append(jnp.concatenate(parts)[:num_steps])
+                metric_row.append(finish_j(carry))
+            rows.append(jnp.stack(row))
+            metric_rows.append(jax.tree.map(lambda *xs: jnp.stack(xs), *metric_row))
+        if bar is not None:
+            bar.close()
+        losses = jnp.stack(rows)
+        metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *metric_rows)
     losses = np.asarray(losses, np.float64)
     return ParallelRangeTestResult(
         learning_rates=rates,

@@ -6,8 +6,9 @@ and an evaluation metric, normally test accuracy, against the learning rate.
 
 The paper's rule reads the accuracy curve: ``base_lr`` where accuracy starts to rise,
 ``max_lr`` where the rise stops. On a noisy curve "starts to rise" and "stops" need a
-definition; here the curve is first smoothed with a running median of three points,
-and with ``lo`` its lowest value before the peak and ``hi`` its peak:
+definition; here the curve of a sequential test is first smoothed with a running
+median of three evaluations (a parallel test's points are separate runs and are used
+as they are), and with ``lo`` its lowest value before the peak and ``hi`` its peak:
 
 - ``base_lr`` is the first rate at which accuracy has made ``rise[0]`` (10%) of its
   total rise ``hi - lo``;
@@ -187,7 +188,10 @@ def suggest_bounds(
                 f"method {method!r} needs at least {MIN_EVAL_POINTS} finite {metric!r} "
                 f"points, got {rates.size}; evaluate more often (smaller eval_every)."
             )
-        smooth = _running_median3(values)
+        # A sequential test's evaluations are single noisy readings; a parallel test's
+        # are separate runs (averaged over seeds), often only a handful, which a
+        # running median would flatten.
+        smooth = _running_median3(values) if isinstance(result, RangeTestResult) else values
         peak = int(np.argmax(smooth))
         if method == "paper_peak":
             return _from_point(rates[peak], method, base_fraction,

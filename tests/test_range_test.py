@@ -1,5 +1,6 @@
 """The range test and bound suggestion, on problems whose answers are known."""
 
+import importlib
 import json
 
 import jax
@@ -244,6 +245,16 @@ class TestParallel:
         assert result.diverged[:, above].all() and not result.diverged[:, ~above].any()
         assert result.eval_metrics["accuracy"].shape == (3, 10)
 
+    def test_vectorized_equals_sequential(self, batches):
+        kwargs = dict(learning_rates=[0.05, 0.5, 2.0], num_steps=23, seeds=(3, 4),
+                      init_fn=lambda key: jax.random.normal(key, (5,)),
+                      eval_fn=lambda w: {"norm": jnp.linalg.norm(w)})
+        a = clr_jax.parallel_range_test(loss_fn, None, batches, vectorize=True, **kwargs)
+        b = clr_jax.parallel_range_test(loss_fn, None, batches, vectorize=False, **kwargs)
+        np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
+        np.testing.assert_allclose(a.eval_metrics["norm"], b.eval_metrics["norm"], rtol=1e-5)
+        assert a.diverged[:, 2].all() and not a.diverged[:, 0].any()
+
     def test_seeds_differ(self, result):
         assert not np.allclose(result.losses[0, 0], result.losses[1, 0])
 
@@ -334,3 +345,37 @@ def test_plots(tmp_path, linear_result):
     plotting.save_figure(plotting.plot_range_test(synthetic, clr_jax.suggest_bounds(synthetic)),
                          tmp_path / "b.png")
     assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").exists()
+
+
+def test_convolutional_models_take_the_unrolled_path_with_same_numbers():
+    """On CPU a conv model runs in unrolled groups; losses equal a plain Python loop."""
+    rt = importlib.import_module("clr_jax.range_test")  # the module, not the function
+
+    rng = np.random.default_rng(0)
+    batches = {"x": jnp.asarray(rng.normal(size=(12, 4, 8, 8, 3)), jnp.float32),
+               "y": jnp.asarray(rng.integers(0, 2, (12, 4)), jnp.int32)}
+    params = {"k": jnp.asarray(rng.normal(size=(3, 3, 3, 2)) * 0.1, jnp.float32)}
+
+    def conv_loss(p, batch):
+        y = jax.lax.conv_general_dilated(batch["x"], p["k"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        logits = y.mean(axis=(1, 2))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+
+    assert rt._uses_convolution(lambda p: conv_loss(p, jax.tree.map(lambda x: x[0], batches)),
+                                params)
+    assert not rt._uses_convolution(lambda w: loss_fn(w, jax.tree.map(lambda x: x[0],
+                                                                         least_squares(2))),
+                                    jnp.zeros(5))
+    result = clr_jax.range_test(conv_loss, params, batches, min_lr=0.01, max_lr=0.5,
+                                num_steps=12, eval_fn=lambda p: {"n": jnp.sum(p["k"] ** 2)},
+                                eval_every=6)
+    tx, p, expected = optax.sgd(rt.ramp(0.01, 0.5, 12)), params, []
+    state = tx.init(p)
+    for t in range(12):
+        loss, g = jax.value_and_grad(conv_loss)(p, jax.tree.map(lambda x: x[t], batches))
+        updates, state = tx.update(g, state, p)
+        p = optax.apply_updates(p, updates)
+        expected.append(float(loss))
+    np.testing.assert_allclose(result.losses, expected, rtol=1e-5)
+    assert result.eval_metrics["n"][-1] == pytest.approx(float(jnp.sum(p["k"] ** 2)), rel=1e-5)

@@ -1,0 +1,170 @@
+"""Models for the harness, in Flax NNX: the paper's Caffe CIFAR-10 net, CIFAR ResNets, an MLP.
+
+All take NHWC float images and return logits. `build_model` makes one by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from clr_jax import _validation as v
+
+__all__ = ["MODELS", "MLP", "CaffeCifar10", "CifarResNet", "build_model"]
+
+
+def _pool_ceil(x: jax.Array, kind: str) -> jax.Array:
+    """3x3 stride-2 pooling with Caffe's rounding up of the output size.
+
+    Caffe's output size is ceil((H - 3) / 2) + 1 (32 -> 16 -> 8 -> 4): as if one extra
+    row and column were padded at the high end. That padding takes no part in the max,
+    and the average divides by the number of real pixels in the window.
+    """
+    h, w = x.shape[1], x.shape[2]
+    pad_h = (-(h - 3) % 2)
+    pad_w = (-(w - 3) % 2)
+    padding = ((0, 0), (0, pad_h), (0, pad_w), (0, 0))
+    window, strides = (1, 3, 3, 1), (1, 2, 2, 1)
+    if kind == "max":
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, padding)
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
+    ones = jnp.ones((1, h, w, 1), x.dtype)
+    count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, padding)
+    return total / count
+
+
+def _lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75) -> jax.Array:
+    """Caffe's WITHIN_CHANNEL LRN, local size 3: x * (1 + alpha/9 * sum_3x3 x^2)^-beta."""
+    squares = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1),
+                                    ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return x * (1 + (alpha / 9) * squares) ** -beta
+
+
+class CaffeCifar10(nnx.Module):
+    """Caffe's "cifar10_full" network, as in the paper (89,578 parameters).
+
+    conv1 5x5x32 (std 1e-4) - max pool 3/2 - ReLU - LRN - conv2 5x5x32 (std 0.01) -
+    ReLU - avg pool 3/2 - LRN - conv3 5x5x64 (std 0.01) - ReLU - avg pool 3/2 -
+    ip1 10 (std 0.01); biases start at 0; pooling rounds the output size up.
+    """
+
+    def __init__(self, num_classes: int = 10, *, in_channels: int = 3, rngs: nnx.Rngs):
+        def conv(cin, cout, std):
+            return nnx.Conv(cin, cout, (5, 5), padding=((2, 2), (2, 2)),
+                            kernel_init=nnx.initializers.normal(std),
+                            bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+        self.conv1 = conv(in_channels, 32, 1e-4)
+        self.conv2 = conv(32, 32, 0.01)
+        self.conv3 = conv(32, 64, 0.01)
+        self.ip1 = nnx.Linear(4 * 4 * 64, num_classes,
+                              kernel_init=nnx.initializers.normal(0.01),
+                              bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _lrn_within_channel(jax.nn.relu(_pool_ceil(self.conv1(x), "max")))
+        x = _lrn_within_channel(_pool_ceil(jax.nn.relu(self.conv2(x)), "avg"))
+        x = _pool_ceil(jax.nn.relu(self.conv3(x)), "avg")
+        return self.ip1(x.reshape(x.shape[0], -1))
+
+
+# Caffe's per-parameter (lr_mult, decay_mult) for CaffeCifar10, by module and kind.
+CAFFE_MULTIPLIERS = {
+    ("conv1", "kernel"): (1.0, 1.0), ("conv1", "bias"): (2.0, 1.0),
+    ("conv2", "kernel"): (1.0, 1.0), ("conv2", "bias"): (2.0, 1.0),
+    ("conv3", "kernel"): (1.0, 1.0), ("conv3", "bias"): (1.0, 1.0),
+    ("ip1", "kernel"): (1.0, 250.0), ("ip1", "bias"): (2.0, 0.0),
+}
+
+
+class _BasicBlock(nnx.Module):
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
+        init = nnx.initializers.he_normal()
+        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding=1, use_bias=False,
+                              kernel_init=init, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+        self.conv2 = nnx.Conv(cout, cout, (3, 3), padding=1, use_bias=False,
+                              kernel_init=init, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+        self.stride, self.extra = stride, cout - cin
+
+    def __call__(self, x):
+        y = jax.nn.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        shortcut = x[:, :: self.stride, :: self.stride, :]
+        if self.extra:  # option A: identity with zero-padded channels
+            shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (0, self.extra)))
+        return jax.nn.relu(y + shortcut)
+
+
+class CifarResNet(nnx.Module):
+    """The CIFAR ResNet of He et al. (2016): 6n + 2 layers, widths 16-32-64.
+
+    ``depth=20`` (n = 3) and ``depth=56`` (n = 9) are the paper's Table 4 networks
+    (ResNet-20: 0.27M parameters). Identity shortcuts with zero padding (option A).
+    """
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, *, in_channels: int = 3,
+                 rngs: nnx.Rngs):
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}.")
+        n = (depth - 2) // 6
+        self.conv = nnx.Conv(in_channels, 16, (3, 3), padding=1, use_bias=False,
+                             kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+        self.bn = nnx.BatchNorm(16, momentum=0.9, rngs=rngs)
+        blocks, cin = [], 16
+        for stage, width in enumerate((16, 32, 64)):
+            for i in range(n):
+                blocks.append(_BasicBlock(cin, width, 2 if stage and not i else 1, rngs=rngs))
+                cin = width
+        self.blocks = nnx.List(blocks)
+        self.head = nnx.Linear(64, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.bn(self.conv(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(axis=(1, 2)))
+
+
+class MLP(nnx.Module):
+    """Flatten - Dense(hidden) - ReLU - Dense(num_classes)."""
+
+    def __init__(self, num_classes: int = 10, *, in_features: int = 3072, hidden: int = 256,
+                 rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(in_features, hidden, rngs=rngs)
+        self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(jax.nn.relu(self.hidden(x.reshape(x.shape[0], -1))))
+
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {
+    "caffe_cifar10": lambda num_classes, shape, rngs: CaffeCifar10(
+        num_classes, in_channels=shape[-1], rngs=rngs),
+    "resnet20": lambda num_classes, shape, rngs: CifarResNet(
+        20, num_classes, in_channels=shape[-1], rngs=rngs),
+    "resnet56": lambda num_classes, shape, rngs: CifarResNet(
+        56, num_classes, in_channels=shape[-1], rngs=rngs),
+    "mlp": lambda num_classes, shape, rngs: MLP(
+        num_classes, in_features=shape[0] * shape[1] * shape[2], rngs=rngs),
+}
+
+
+def build_model(name: str, num_classes: int, image_shape: tuple[int, int, int],
+                seed: int = 0) -> nnx.Module:
+    """Builds a model by name for images of ``image_shape`` (H, W, C).
+
+    Raises:
+      ValueError: on an unknown name, or the Caffe net on images that are not 32x32.
+    """
+    v.choice("model", name, tuple(MODELS))
+    if name == "caffe_cifar10" and tuple(image_shape[:2]) != (32, 32):
+        raise ValueError(
+            f"model 'caffe_cifar10' takes 32x32 images (its ip1 layer has 1024 inputs), got "
+            f"{image_shape[0]}x{image_shape[1]}; use 'mlp' or 'resnet20'."
+        )
+    return MODELS[name](num_classes, tuple(image_shape), nnx.Rngs(seed))
