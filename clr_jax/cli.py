@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -160,6 +161,150 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+HARNESS_MISSING = ("this command needs the training harness: "
+                   "pip install \"clr-jax[harness]\"")
+
+
+def _harness_names():
+    try:
+        from clr_jax.harness.models import MODELS
+        from clr_jax.harness.optim import OPTIMIZERS
+    except ImportError:  # the core install: schedule still works
+        return None, None
+    return sorted(MODELS), list(OPTIMIZERS)
+
+
+def _add_data_model_flags(parser: argparse.ArgumentParser, *, steps_help: str) -> None:
+    models, optimizers = _harness_names()
+
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--dataset", default="sample",
+                      help="'sample' (the bundled CIFAR-10 sample), cifar10, cifar100, mnist, "
+                      "fashion_mnist (tensorflow-datasets, prepared in --data-dir), or the "
+                      "path of an image folder or .tar.gz with train/ and test/ (default: "
+                      "sample)")
+    data.add_argument("--data-dir", help="tensorflow-datasets folder holding prepared sets")
+    data.add_argument("--model", default="caffe_cifar10", choices=models)
+    data.add_argument("--optimizer", default="caffe_sgd", choices=optimizers)
+    data.add_argument("--momentum", type=float, default=0.9)
+    data.add_argument("--weight-decay", type=float, default=0.004)
+    data.add_argument("--no-caffe-multipliers", action="store_true",
+                      help="don't apply the paper's per-layer lr/decay multipliers")
+    data.add_argument("--preprocess", choices=("caffe", "standard"), default="caffe",
+                      help="caffe: subtract the mean image (0-255, the paper); standard: "
+                      "per-channel mean/std")
+    data.add_argument("--augment", action="store_true", help="random crops and flips")
+    data.add_argument("--no-shuffle", action="store_true",
+                      help="read the training set in a fixed order (as Caffe did)")
+    data.add_argument("--batch-size", type=int, default=100)
+    data.add_argument("--seed", type=int, default=0)
+    run = parser.add_argument_group("run")
+    run.add_argument("--steps", type=int, help=steps_help)
+    run.add_argument("--epochs", type=float, help="length in epochs instead of --steps")
+    run.add_argument("--eval-every", type=int, help="steps between test evaluations")
+    run.add_argument("--out", required=True, type=Path, help="output folder")
+    run.add_argument("--overwrite", action="store_true", help="replace results in --out")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _load_data(args):
+    from clr_jax.harness.data import load_dataset
+
+    return load_dataset(args.dataset, args.data_dir)
+
+
+def _steps(args, dataset, default=None) -> int:
+    import clr_jax
+
+    if args.steps is not None and args.epochs is not None:
+        raise UsageError("give --steps or --epochs, not both")
+    if args.epochs is not None:
+        return clr_jax.step_size_from_epochs(args.epochs, len(dataset.train_labels),
+                                             args.batch_size)
+    if args.steps is None:
+        if default is None:
+            raise UsageError("--steps or --epochs is required")
+        return default
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    return args.steps
+
+
+def _train_config(args, num_steps: int, eval_every: int, **extra):
+    from clr_jax.harness.train import TrainConfig
+
+    return TrainConfig(
+        model=args.model, optimizer=args.optimizer, momentum=args.momentum,
+        weight_decay=args.weight_decay, caffe_multipliers=not args.no_caffe_multipliers,
+        batch_size=args.batch_size, num_steps=num_steps, eval_every=eval_every,
+        seed=args.seed, preprocess=args.preprocess, augment=args.augment,
+        shuffle=not args.no_shuffle, **extra)
+
+
+def _cmd_range_test(args: argparse.Namespace) -> int:
+    from clr_jax.harness.jobs import run_range_test
+
+    dataset = _load_data(args)
+    num_steps = _steps(args, dataset)
+    eval_every = args.eval_every if args.eval_every is not None else max(1, num_steps // 20)
+    config = _train_config(args, num_steps, eval_every, log_every=eval_every)
+    methods = tuple(args.method) if args.method else ("paper", "paper_peak", "steepest",
+                                                      "valley", "minimum")
+    result, bounds = run_range_test(
+        config, dataset, args.out, min_lr=args.min_lr, max_lr=args.max_lr,
+        num_steps=num_steps, mode=args.mode, eval_every=eval_every,
+        overwrite=args.overwrite, progress=not args.no_progress, methods=methods)
+    print(f"range test: {len(result.losses)} steps"
+          + (f", stopped early ({result.stop_reason})" if result.stop_reason else ""))
+    for b in bounds:
+        print(f"{b.method:11s} base_lr {b.base_lr:.4g}  max_lr {b.max_lr:.4g}")
+    if not bounds:
+        print("no rule could read bounds from this test (see range_test.png)")
+    print(f"wrote {args.out / 'range_test.json'} and {args.out / 'range_test.png'}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import clr_jax
+    from clr_jax import plotting
+    from clr_jax.harness.jobs import plot_curves
+    from clr_jax.harness.train import train
+
+    dataset = _load_data(args)
+    num_steps = _steps(args, dataset)
+    if args.step_size_epochs is not None:
+        if args.step_size is not None:
+            raise UsageError("give --step-size or --step-size-epochs, not both")
+        args.step_size = clr_jax.step_size_from_epochs(
+            args.step_size_epochs, len(dataset.train_labels), args.batch_size)
+    schedule = schedule_from_args(args)
+    eval_every = args.eval_every if args.eval_every is not None else max(1, num_steps // 10)
+    log_every = args.log_every if args.log_every is not None else max(1, min(100, eval_every))
+    config = _train_config(args, num_steps, eval_every, log_every=log_every,
+                           checkpoint_every=args.checkpoint_every)
+    describe = {"dataset": args.dataset, "schedule": {
+        key: getattr(args, key) for key in ("policy", "stage", *_SCHEDULE_KEYS)
+        if getattr(args, key) is not None}}
+    summary = train(config, dataset, schedule, args.out, resume=args.resume,
+                    overwrite=args.overwrite, progress=not args.no_progress, describe=describe)
+    plotting.save_figure(plot_curves({"run": args.out}), args.out / "learning_curves.png")
+    print(f"final test accuracy {summary['final_test_accuracy']:.4f} "
+          f"(best {summary['best_test_accuracy']:.4f} at step {summary['best_step']}), "
+          f"{summary['images_per_second']:.0f} images/s")
+    print(f"wrote {args.out / 'summary.json'}, metrics.jsonl and learning_curves.png")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from clr_jax.harness.jobs import run_demo
+
+    report = run_demo(args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    for label, run in report["runs"].items():
+        print(f"{label:28s} final test accuracy {run['final_test_accuracy']:.4f}")
+    print(f"report: {args.out / 'summary.md'} ({report['seconds']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="clr-jax",
@@ -181,14 +326,54 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--plot", metavar="FILE", help="write the schedule as a PNG")
     out.add_argument("--log-scale", action="store_true", help="log y axis")
     schedule.set_defaults(run=_cmd_schedule)
+
+    demo = commands.add_parser(
+        "demo", help="range test, then CLR vs fixed training on the bundled sample",
+        description="The main job, offline: on the bundled CIFAR-10 sample, run the range "
+        "test with the paper's network, read bounds, train with CLR and with a fixed rate "
+        "for the same steps, and write a report (summary.md and plots).")
+    demo.add_argument("--out", type=Path, default=Path("clr-jax-demo"),
+                      help="report folder (default: clr-jax-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_cmd_demo)
+
+    range_test = commands.add_parser(
+        "range-test", help="run the LR range test on a data set",
+        description="Train while the learning rate rises; write range_test.json/.png "
+        "and print the bounds each rule reads.")
+    _add_data_model_flags(range_test, steps_help="length of the ramp in steps")
+    range_test.add_argument("--min-lr", type=float, default=1e-4)
+    range_test.add_argument("--max-lr", type=float, default=0.02)
+    range_test.add_argument("--mode", choices=("linear", "exponential"), default="linear")
+    range_test.add_argument("--method", action="append",
+                            choices=("paper", "paper_peak", "steepest", "valley", "minimum"),
+                            help="suggestion rule (repeat; default: all)")
+    range_test.set_defaults(run=_cmd_range_test)
+
+    train = commands.add_parser(
+        "train", help="train with a learning-rate schedule",
+        description="Train and evaluate; write summary.json, metrics.jsonl, "
+        "learning_curves.png and (with --checkpoint-every) checkpoints for --resume.")
+    _add_data_model_flags(train, steps_help="training steps")
+    _add_schedule_flags(train)
+    train.add_argument("--step-size-epochs", type=float, help="step size in epochs")
+    train.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
+    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its latest checkpoint")
+    train.set_defaults(run=_cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
+        if args.command != "schedule" and _harness_names()[0] is None:
+            raise UsageError(HARNESS_MISSING)
         return args.run(args)
     except UsageError as error:
         print(f"clr-jax: error: {error}", file=sys.stderr)
@@ -197,8 +382,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clr-jax: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("clr-jax: interrupted", file=sys.stderr)
+        hint = ""
+        if getattr(args, "command", None) == "train":
+            hint = "; a checkpoint was saved: add --resume to the same command to continue"
+        print(f"clr-jax: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - TrainingError and friends, one line
+        from clr_jax.harness.train import TrainingError
+
+        if isinstance(error, TrainingError):
+            print(f"clr-jax: error: {error}", file=sys.stderr)
+            return 1
+        raise
 
 
 def main_entry() -> None:

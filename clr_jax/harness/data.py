@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageDataset", "cache_dir", "load_image_folder"]
+__all__ = ["ImageDataset", "cache_dir", "load_dataset", "load_image_folder", "load_tfds"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -66,7 +66,9 @@ def _members(source: Path):
     try:
         archive = tarfile.open(source, "r:*")
     except (tarfile.TarError, OSError) as error:
-        raise ValueError(f"cannot read archive {source}: {error}") from None
+        reason = str(error).splitlines()[0].rstrip(":")
+        raise ValueError(f"cannot read archive {source}: {reason} (not a tar archive, or "
+                         "a damaged one)") from None
     with archive:
         members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
         for member in members:
@@ -135,3 +137,61 @@ def load_image_folder(source: str | os.PathLike, *, use_cache: bool = True) -> I
         np.savez(tmp, class_names=np.array(names), **arrays)
         os.replace(tmp, cached)
     return dataset
+
+
+TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist")
+SAMPLE = "sample"
+
+
+def bundled_sample_path() -> Path:
+    """The CIFAR-10 sample shipped with the package (5,000 train / 1,000 test images)."""
+    return Path(__file__).resolve().parents[1] / "data" / "cifar10_sample.tar.gz"
+
+
+def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> ImageDataset:
+    """Loads a prepared tensorflow-datasets image set into uint8 arrays.
+
+    Raises:
+      ValueError: if tensorflow-datasets is not installed or the set is not prepared in
+        ``data_dir`` (nothing is downloaded).
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ValueError(
+            f"data set {name!r} needs tensorflow-datasets: pip install tensorflow-datasets "
+            "tensorflow; or pass --data PATH to an image folder or .tar.gz instead."
+        ) from None
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+        train, test = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1))
+        names = tuple(builder.info.features["label"].names)
+    except Exception as error:  # tfds raises many types for a missing or broken set
+        raise ValueError(
+            f"data set {name!r} is not prepared in {data_dir or 'the default tfds folder'} "
+            f"and cannot be downloaded here ({type(error).__name__}); pass --data-dir with "
+            "a prepared copy, or --data PATH to an image folder or .tar.gz."
+        ) from None
+    return ImageDataset(train["image"].astype(np.uint8), train["label"].astype(np.int32),
+                        test["image"].astype(np.uint8), test["label"].astype(np.int32), names)
+
+
+def load_dataset(dataset: str = SAMPLE, data_dir: str | os.PathLike | None = None
+                 ) -> ImageDataset:
+    """Loads ``"sample"`` (bundled), a tfds name, or an image folder / .tar.gz path.
+
+    Raises:
+      ValueError: naming what was given and what is accepted.
+    """
+    if dataset == SAMPLE:
+        return load_image_folder(bundled_sample_path())
+    if dataset in TFDS_NAMES:
+        return load_tfds(dataset, data_dir)
+    path = Path(dataset).expanduser()
+    if path.exists():
+        return load_image_folder(path)
+    raise ValueError(
+        f"unknown data set {dataset!r}: give 'sample' (bundled CIFAR-10 sample), one of "
+        f"{', '.join(TFDS_NAMES)} (tensorflow-datasets, prepared in --data-dir), or the path "
+        "of an image folder or .tar.gz with train/<class>/ and test/<class>/."
+    )
