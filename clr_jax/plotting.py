@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from clr_jax.range_test import ParallelRangeTestResult, RangeTestResult
+    from clr_jax.suggest import Bounds
+
 __all__ = ["plot_range_test", "plot_schedule", "save_figure", "schedule_values"]
 
 
@@ -99,8 +102,8 @@ _BOUND_COLOURS = ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive"
 
 
 def plot_range_test(
-    result,
-    bounds=None,
+    result: RangeTestResult | ParallelRangeTestResult,
+    bounds: Bounds | Sequence[Bounds] | None = None,
     *,
     metric: str = "accuracy",
     title: str | None = None,

@@ -1,0 +1,50 @@
+"""The paper's CIFAR-10 network on the full CIFAR-10 (JPEG copy), a few thousand CPU steps.
+
+    python experiments/caffe_cifar10_cpu.py --data ../shared/data/cifar10-jpg.tar.gz
+
+(or set CLR_JAX_DATA). A scaled-down CPU run, not the paper's protocol length: the
+Caffe "cifar10_full" network, Caffe-style SGD (momentum 0.9, weight decay 0.004, the
+paper's per-layer multipliers), batch 100, mean-image preprocessing, shuffled order,
+triangular2 between the paper's bounds 0.001 and 0.006 with step size 500 (one epoch),
+3,000 steps (3 cycles), test accuracy on all 10,000 test images every 250 steps.
+Checkpoints every 500 steps: run the same command again with --resume to continue an
+interrupted run. Writes experiments/results/caffe_cifar10_cpu/ (summary.json,
+metrics.jsonl, learning_curves.png).
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+import clr_jax
+from clr_jax import plotting
+from clr_jax.harness.data import load_dataset
+from clr_jax.harness.jobs import plot_curves
+from clr_jax.harness.train import TrainConfig, train
+
+OUT = Path(__file__).resolve().parent / "results" / "caffe_cifar10_cpu"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"))
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    if not args.data:
+        parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
+    config = TrainConfig(num_steps=args.steps, eval_every=250, log_every=50,
+                         checkpoint_every=500, eval_batch_size=500)
+    schedule = clr_jax.triangular2(0.001, 0.006, 500)
+    summary = train(config, load_dataset(args.data), schedule, args.out, resume=args.resume,
+                    describe={"data": "CIFAR-10 (JPEG copy)", "scale": "cpu (scaled down)",
+                              "schedule": "triangular2 0.001-0.006, step size 500"})
+    plotting.save_figure(plot_curves({"triangular2 0.001-0.006": args.out},
+                                     title="Caffe CIFAR-10 net, CIFAR-10 (JPEG copy), CPU"),
+                         args.out / "learning_curves.png")
+    print(summary["final_test_accuracy"], summary["images_per_second"])
+
+
+if __name__ == "__main__":
+    main()
