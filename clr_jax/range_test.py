@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 import optax
 
 from clr_jax import _validation as v
+from clr_jax._io import write_json
 
 __all__ = [
     "ParallelRangeTestResult",
@@ -85,7 +85,7 @@ class RangeTestResult:
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Writes `to_dict` as JSON, atomically."""
-        _write_json(self.to_dict(), path)
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RangeTestResult:
@@ -136,7 +136,7 @@ class ParallelRangeTestResult:
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Writes `to_dict` as JSON, atomically."""
-        _write_json(self.to_dict(), path)
+        write_json(path, self.to_dict())
 
 
 def _array(values) -> np.ndarray:
@@ -156,16 +156,6 @@ def _jsonable(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def _write_json(data, path) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def ramp(min_lr: float, max_lr: float, num_steps: int, mode: str = "linear") -> optax.Schedule:

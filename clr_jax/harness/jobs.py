@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ import optax
 
 import clr_jax
 from clr_jax import plotting
+from clr_jax._io import write_json
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.train import Trainer, TrainConfig, prepare_out_dir, train
 
@@ -61,14 +63,13 @@ def run_range_test(
     if eval_every:
         # The range test updates only the parameters, so BatchNorm running statistics
         # stay at their initial values: evaluate with batch statistics (train mode).
-        evaluate = jax.jit(_eval_with(trainer, trainer.graphdef))
+        evaluate = jax.jit(trainer._make_eval(trainer.graphdef))
 
         def eval_fn(params):
             metrics = evaluate(params, state["rest"])
             return {"accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}
 
-    def optimizer(lr):
-        return _optimizer_like(config, trainer, lr)
+    optimizer = trainer.make_tx
 
     started = time.perf_counter()
     result = clr_jax.range_test(loss_fn, state["params"], indices, min_lr=min_lr,
@@ -83,44 +84,12 @@ def run_range_test(
         except ValueError:
             continue
     report = {"result": result.to_dict(), "bounds": [x.to_dict() for x in bounds],
-              "seconds": seconds, "config": _jsonable_config(config),
+              "seconds": seconds, "config": dataclasses.asdict(config),
               "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
-    _atomic_json(out / "range_test.json", report)
+    write_json(out / "range_test.json", report)
     plotting.save_figure(plotting.plot_range_test(result, bounds, title="LR range test"),
                          out / "range_test.png")
     return result, bounds
-
-
-def _eval_with(trainer: Trainer, graphdef):
-    saved = trainer.eval_graphdef
-    trainer.eval_graphdef = graphdef
-    try:
-        return trainer._make_eval()
-    finally:
-        trainer.eval_graphdef = saved
-
-
-def _optimizer_like(config: TrainConfig, trainer: Trainer, lr):
-    from clr_jax.harness.models import CAFFE_MULTIPLIERS
-    from clr_jax.harness.optim import make_optimizer, multipliers_for
-
-    params = trainer.initial_state["params"]
-    multipliers = (multipliers_for(params, CAFFE_MULTIPLIERS)
-                   if config.caffe_multipliers and config.model == "caffe_cifar10" else None)
-    return make_optimizer(config.optimizer, lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay, multipliers=multipliers)
-
-
-def _jsonable_config(config: TrainConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(config)
-
-
-def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -33,6 +33,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from clr_jax import _validation as v
+from clr_jax._io import write_json
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.models import CAFFE_MULTIPLIERS, build_model
 from clr_jax.harness.optim import make_optimizer, multipliers_for
@@ -121,10 +122,10 @@ class Trainer:
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         model.eval()
         self.eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
-        multipliers = (multipliers_for(params, CAFFE_MULTIPLIERS)
-                       if config.caffe_multipliers and config.model == "caffe_cifar10" else None)
-        self.tx = make_optimizer(config.optimizer, schedule, momentum=config.momentum,
-                                 weight_decay=config.weight_decay, multipliers=multipliers)
+        self._multipliers = (multipliers_for(params, CAFFE_MULTIPLIERS)
+                             if config.caffe_multipliers and config.model == "caffe_cifar10"
+                             else None)
+        self.tx = self.make_tx(schedule)
 
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
                                   axis_types=(jax.sharding.AxisType.Auto,))
@@ -158,6 +159,12 @@ class Trainer:
         # of the last finished chunk intact, to checkpoint it.
         self._run_group = jax.jit(self._make_group(unroll), static_argnums=2)
         self._evaluate = jax.jit(self._make_eval())
+
+    def make_tx(self, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+        """The configured optimizer, with the model's multipliers, at another rate."""
+        c = self.config
+        return make_optimizer(c.optimizer, learning_rate, momentum=c.momentum,
+                              weight_decay=c.weight_decay, multipliers=self._multipliers)
 
     # -- data --------------------------------------------------------------------------
     def _permutation(self, epoch):
@@ -224,11 +231,13 @@ class Trainer:
 
         return run
 
-    def _make_eval(self) -> Callable:
+    def _make_eval(self, graphdef=None) -> Callable:
+        """Test loss and accuracy; ``graphdef`` defaults to the eval-mode model."""
         size = self.config.eval_batch_size
+        graphdef = self.eval_graphdef if graphdef is None else graphdef
 
         def run(params, rest):
-            model = nnx.merge(self.eval_graphdef, params, rest)
+            model = nnx.merge(graphdef, params, rest)
 
             def one(batch):
                 images, labels = batch
@@ -267,12 +276,6 @@ def _checkpointer(directory: Path):
 
     return ocp.CheckpointManager(
         directory.resolve(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
@@ -355,7 +358,7 @@ def train(
                 f"--resume with settings that differ from the saved run in {out}: "
                 f"{', '.join(changed)}; resume with the same settings or use --overwrite."
             )
-    _write_json(config_path, record)
+    write_json(config_path, record)
 
     manager = (_checkpointer(out / "checkpoints")
                if config.checkpoint_every or resume else None)
@@ -448,5 +451,5 @@ def train(
         "fingerprint": fingerprint(state["params"]),
         **record,
     }
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     return summary
