@@ -238,7 +238,7 @@ class TestTraining:
             train(config, tiny_dataset(), optax.constant_schedule(0.01), tmp_path / "r",
                   progress=False)
         other = TrainConfig(**{**config.__dict__, "batch_size": 8})
-        with pytest.raises(ValueError, match="differ from the saved run .*batch_size"):
+        with pytest.raises(ValueError, match="differ from the saved run .*config.batch_size"):
             train(other, tiny_dataset(), optax.constant_schedule(0.01), tmp_path / "r",
                   resume=True, progress=False)
         assert (tmp_path / "r" / "summary.json").exists()  # nothing lost
@@ -298,6 +298,11 @@ class TestCommandLine:
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
         assert summary["steps"] == 16 and summary["schedule"]["step_size"] == 10
         assert (tmp_path / "run" / "learning_curves.png").exists()
+        capsys.readouterr()
+        code = cli.main(["train", *common, "--steps", "16", "--eval-every", "8",
+                         "--policy", "triangular", "--base-lr", "0.001", "--max-lr", "0.02",
+                         "--step-size-epochs", "1", "--out", str(tmp_path / "run"), "--resume"])
+        assert code == 2 and "differ from the saved run" in capsys.readouterr().err
         code = cli.main(["range-test", *common, "--steps", "20", "--eval-every", "4",
                          "--min-lr", "0.001", "--max-lr", "0.5", "--out", str(tmp_path / "rt")])
         assert code == 0

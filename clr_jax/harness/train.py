@@ -347,13 +347,17 @@ def train(
     out = Path(out)
     prepare_out_dir(out, resume=resume, overwrite=overwrite)
     trainer = Trainer(config, dataset, schedule)
-    record = {"config": dataclasses.asdict(config), **(describe or {})}
+    # Through JSON, so that what is compared on --resume is what was saved.
+    record = json.loads(json.dumps({"config": dataclasses.asdict(config), **(describe or {})}))
     config_path = out / "config.json"
     if resume and config_path.exists():
         saved = json.loads(config_path.read_text())
-        if saved.get("config") != record["config"]:
-            changed = sorted(k for k in record["config"]
-                             if saved.get("config", {}).get(k) != record["config"][k])
+        if saved != record:
+            changed = sorted(
+                [f"config.{k}" for k in record["config"]
+                 if saved.get("config", {}).get(k) != record["config"][k]]
+                + [k for k in set(record) | set(saved) if k != "config"
+                   and saved.get(k) != record.get(k)])
             raise ValueError(
                 f"--resume with settings that differ from the saved run in {out}: "
                 f"{', '.join(changed)}; resume with the same settings or use --overwrite."

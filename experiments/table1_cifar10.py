@@ -1,0 +1,113 @@
+"""Table 1 of the paper, CIFAR-10: each policy trained with the paper's protocol.
+
+    python experiments/table1_cifar10.py --data ../shared/data/cifar10-jpg.tar.gz \
+        [--policies fixed,triangular2,...] [--scale 1.0] [--out experiments/results/table1]
+
+Protocol (../shared/PAPER.md): Caffe's cifar10_full network and initialisation,
+mean-image preprocessing on the 0-255 scale, no augmentation, the training set read
+in a fixed order (as Caffe did), Caffe-style SGD (momentum 0.9, weight decay 0.004,
+the per-layer multipliers), batch 100, test accuracy on all 10,000 test images every
+1,000 iterations. Data: CIFAR-10 (JPEG copy).
+
+Policies and lengths (iterations) at --scale 1.0 (the paper's; meant for a GPU):
+
+- fixed: 0.001, x0.1 at 60,000 and 65,000; 70,000
+- triangular2: the three stages of Table 2 (0.001-0.005 step 2,000 to 16,000;
+  0.0001-0.0005 step 1,000 to 22,000; 0.00001-0.00005 step 500 to 25,000); 25,000
+- triangular: 0.001-0.006, step size 2,000 (section 3.1's text); 25,000
+- decay: 0.007 -> 0.001 over 4,000 iterations; 25,000
+- exp: 0.001 * 0.99994^t (the paper gives no base_lr: 0.001 is an assumption); 70,000
+- exp_range_amplitude / exp_range_both: 0.001-0.006, step 2,000, gamma 0.99994 (bounds
+  and step size are assumptions), the two readings of the formula; 42,000
+
+--scale multiplies every length and step size (0.01 for a smoke test). Each policy
+writes OUT/<policy>/ (summary.json, metrics.jsonl, checkpoints every 5,000 iterations:
+re-run the same command to resume) and OUT/table1.json collects the summaries.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import optax
+
+import clr_jax
+from clr_jax.harness.data import load_dataset
+from clr_jax.harness.train import TrainConfig, train
+from clr_jax.policies import staged
+
+OUT = Path(__file__).resolve().parent / "results" / "table1"
+
+
+def policies(scale: float):
+    s = lambda n: max(1, round(n * scale))  # noqa: E731
+    return {
+        "fixed": (optax.piecewise_constant_schedule(0.001, {s(60_000): 0.1, s(65_000): 0.1}),
+                  s(70_000)),
+        "triangular2": (staged([
+            ("triangular2", dict(base_lr=0.001, max_lr=0.005, step_size=s(2000)), s(16_000)),
+            ("triangular2", dict(base_lr=0.0001, max_lr=0.0005, step_size=s(1000)), s(6000)),
+            ("triangular2", dict(base_lr=0.00001, max_lr=0.00005, step_size=s(500)), s(3000)),
+        ]), s(25_000)),
+        "triangular": (clr_jax.triangular(0.001, 0.006, s(2000)), s(25_000)),
+        "decay": (clr_jax.decay(0.007, 0.001, s(4000)), s(25_000)),
+        "exp": (optax.exponential_decay(0.001, 1, 0.99994 ** (1 / scale)), s(70_000)),
+        "exp_range_amplitude": (clr_jax.exp_range(0.001, 0.006, s(2000), 0.99994 ** (1 / scale)),
+                                s(42_000)),
+        "exp_range_both": (clr_jax.exp_range(0.001, 0.006, s(2000), 0.99994 ** (1 / scale),
+                                             decay="both"), s(42_000)),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"))
+    parser.add_argument("--policies", default=",".join(policies(1.0)))
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    if not args.data:
+        parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
+    table = policies(args.scale)
+    chosen = args.policies.split(",")
+    unknown = sorted(set(chosen) - set(table))
+    if unknown:
+        parser.error(f"unknown policies {unknown}; choose from {', '.join(table)}")
+    dataset = load_dataset(args.data)
+    eval_every = max(1, round(1000 * args.scale))
+    results_path = args.out / "table1.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for name in chosen:
+        schedule, steps = table[name]
+        config = TrainConfig(num_steps=steps, eval_every=eval_every, log_every=eval_every,
+                             checkpoint_every=max(eval_every, round(5000 * args.scale)),
+                             shuffle=False, eval_batch_size=500)
+        folder = args.out / name
+        resume = (folder / "checkpoints").exists() and not (folder / "summary.json").exists()
+        if (folder / "summary.json").exists():
+            summary = json.loads((folder / "summary.json").read_text())
+        else:
+            started = time.perf_counter()
+            summary = train(config, dataset, schedule, folder, resume=resume,
+                            overwrite=not resume, progress=not args.no_progress,
+                            describe={"policy": name, "data": "CIFAR-10 (JPEG copy)",
+                                      "scale": args.scale})
+            summary["wall_seconds_total"] = time.perf_counter() - started
+        results[name] = {k: summary.get(k) for k in (
+            "final_test_accuracy", "best_test_accuracy", "best_step", "steps",
+            "images_per_second", "device", "wall_seconds_this_session", "fingerprint")}
+        results[name]["machine"] = platform.machine()
+        results[name]["jax"] = jax.__version__
+        args.out.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"{name:22s} {summary['final_test_accuracy']:.4f} after {summary['steps']} "
+              f"iterations ({summary['images_per_second']:.0f} images/s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
