@@ -195,7 +195,8 @@ def _add_data_model_flags(parser: argparse.ArgumentParser, *, steps_help: str) -
                       "per-channel mean/std")
     data.add_argument("--augment", action="store_true", help="random crops and flips")
     data.add_argument("--no-shuffle", action="store_true",
-                      help="read the training set in a fixed order (as Caffe did)")
+                      help="read the training set in one fixed (seeded) order every epoch, "
+                      "as Caffe read its pre-shuffled database")
     data.add_argument("--batch-size", type=int, default=100)
     data.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")

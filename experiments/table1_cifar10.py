@@ -5,9 +5,10 @@
 
 Protocol (../shared/PAPER.md): Caffe's cifar10_full network and initialisation,
 mean-image preprocessing on the 0-255 scale, no augmentation, the training set read
-in a fixed order (as Caffe did), Caffe-style SGD (momentum 0.9, weight decay 0.004,
-the per-layer multipliers), batch 100, test accuracy on all 10,000 test images every
-1,000 iterations. Data: CIFAR-10 (JPEG copy).
+in one fixed (seeded) order every epoch (as Caffe read its pre-shuffled LMDB),
+Caffe-style SGD (momentum 0.9, weight decay 0.004, the per-layer multipliers),
+batch 100, test accuracy on all 10,000 test images every 1,000 iterations.
+Data: CIFAR-10 (JPEG copy).
 
 Policies and lengths (iterations) at --scale 1.0 (the paper's; meant for a GPU):
 
@@ -69,6 +70,8 @@ def main():
     parser.add_argument("--policies", default=",".join(policies(1.0)))
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--eval-every", type=int,
+                        help="iterations between test evaluations (default: 1000 x scale)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     if not args.data:
@@ -79,7 +82,7 @@ def main():
     if unknown:
         parser.error(f"unknown policies {unknown}; choose from {', '.join(table)}")
     dataset = load_dataset(args.data)
-    eval_every = max(1, round(1000 * args.scale))
+    eval_every = args.eval_every or max(1, round(1000 * args.scale))
     results_path = args.out / "table1.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for name in chosen:

@@ -199,6 +199,19 @@ class TestTraining:
                                    [float(clr_jax.triangular(0.001, 0.02, 10)(s - 1))
                                     for s in (10, 20, 30, 40, 50, 60)], rtol=1e-6)
 
+    def test_epoch_orders(self):
+        def orders(shuffle):
+            config = TrainConfig(num_steps=4, eval_every=4, log_every=4, shuffle=shuffle,
+                                 **MLP_CONFIG)
+            trainer = Trainer(config, tiny_dataset(), optax.constant_schedule(0.1))
+            return [np.asarray(trainer._permutation(jnp.int32(e))) for e in (0, 1)]
+
+        fixed, shuffled = orders(False), orders(True)
+        np.testing.assert_array_equal(fixed[0], fixed[1])
+        assert not np.array_equal(fixed[0], np.arange(64))  # not the class-sorted order
+        assert not np.array_equal(shuffled[0], shuffled[1])
+        np.testing.assert_array_equal(np.sort(shuffled[1]), np.arange(64))
+
     def test_deterministic_and_seed_sensitive(self, tmp_path):
         def run(seed, name):
             config = TrainConfig(num_steps=20, eval_every=20, log_every=10, seed=seed,

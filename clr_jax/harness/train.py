@@ -168,9 +168,13 @@ class Trainer:
 
     # -- data --------------------------------------------------------------------------
     def _permutation(self, epoch):
+        """The order of the training set in ``epoch``: a fresh permutation per epoch, or
+        with ``shuffle=False`` one fixed permutation for every epoch (as Caffe read its
+        pre-shuffled LMDB; the identity would feed class-sorted folders class by class).
+        """
         n = self.train_labels.shape[0]
         if not self.config.shuffle:
-            return jnp.arange(n, dtype=jnp.int32)
+            epoch = jnp.zeros_like(epoch)
         key = jax.random.fold_in(jax.random.key(self.config.seed), epoch)
         return jax.random.permutation(key, n).astype(jnp.int32)
 
