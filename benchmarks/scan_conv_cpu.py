@@ -57,34 +57,28 @@ def main():
             p = step(p, jax.tree.map(lambda x: x[i], batches))
         return p
 
-    variants = {"lax.scan (while loop)": scanned(1), "lax.scan unroll=True": scanned(True),
-                "Python loop of jitted steps": python_loop}
     seconds = {}
-    for name, fn in variants.items():
-        jax.block_until_ready(fn())
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - start)
-        seconds[name] = float(np.median(times))
-        print(f"{name:30s} {seconds[name]:.2f} s for {STEPS} steps")
+
+    def measure(variants, repeats):
+        for name, fn in variants.items():
+            jax.block_until_ready(fn())  # compile and warm up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                times.append(time.perf_counter() - start)
+            seconds[name] = float(np.median(times))
+            print(f"{name:30s} {seconds[name]:.3f} s")
+
+    measure({"lax.scan (while loop)": scanned(1), "lax.scan unroll=True": scanned(True),
+             "Python loop of jitted steps": python_loop}, repeats=3)
     members = jax.vmap(init)(jax.random.split(jax.random.key(1), 4))
     batch = jax.tree.map(lambda x: x[0], batches)
     vmapped = jax.jit(jax.vmap(jax.grad(loss), in_axes=(0, None)))
     single = jax.jit(jax.grad(loss))
     split = [jax.tree.map(lambda x, i=i: x[i], members) for i in range(4)]
-    pairs = {"vmapped grad of 4 models": lambda: vmapped(members, batch),
-             "4 separate grads": lambda: [single(m, batch) for m in split]}
-    for name, fn in pairs.items():
-        jax.block_until_ready(fn())
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - start)
-        seconds[name] = float(np.median(times))
-        print(f"{name:30s} {seconds[name]:.3f} s")
+    measure({"vmapped grad of 4 models": lambda: vmapped(members, batch),
+             "4 separate grads": lambda: [single(m, batch) for m in split]}, repeats=5)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({
         "benchmark": "scan_conv_cpu", "steps": STEPS, "median_of": "3 (scan), 5 (vmap)",

@@ -104,42 +104,31 @@ def main():
               jax.devices()[0].device_kind, "machine": platform.machine(),
               "clr_jax": clr_jax.__version__, "jax": jax.__version__, "tests": {}}
 
-    started = time.perf_counter()
-    linear = clr_jax.range_test(loss_fn, params, batches, min_lr=0.0001, max_lr=0.06,
-                                num_steps=steps["linear"], optimizer=sgd, eval_fn=accuracy,
-                                eval_every=max(1, steps["linear"] // 32), progress=True)
-    seconds = time.perf_counter() - started
-    bounds = [clr_jax.suggest_bounds(linear, m) for m in ("paper", "paper_peak")]
-    report["tests"]["linear"] = {"result": linear.to_dict(), "seconds": seconds,
+    def record(name, run, methods, title):
+        """Times one test, reads its bounds, stores it and draws it."""
+        started = time.perf_counter()
+        result = run()
+        seconds = time.perf_counter() - started
+        bounds = [clr_jax.suggest_bounds(result, m) for m in methods]
+        report["tests"][name] = {"result": result.to_dict(), "seconds": seconds,
                                  "bounds": [b.to_dict() for b in bounds]}
-    plotting.save_figure(plotting.plot_range_test(
-        linear, bounds, title="linear range test, CIFAR-10 (JPEG copy), small CNN"),
-        args.images / "range_test_cifar10_linear.png")
+        plotting.save_figure(plotting.plot_range_test(result, bounds, title=title),
+                             args.images / f"range_test_cifar10_{name}.png")
 
-    started = time.perf_counter()
-    expo = clr_jax.range_test(loss_fn, params, batches, min_lr=1e-4, max_lr=1.0,
-                              num_steps=steps["exponential"], optimizer=sgd,
-                              mode="exponential", progress=True)
-    seconds = time.perf_counter() - started
-    bounds = [clr_jax.suggest_bounds(expo, m) for m in ("steepest", "valley", "minimum")]
-    report["tests"]["exponential"] = {"result": expo.to_dict(), "seconds": seconds,
-                                      "bounds": [b.to_dict() for b in bounds]}
-    plotting.save_figure(plotting.plot_range_test(
-        expo, bounds, title="exponential range test, CIFAR-10 (JPEG copy), small CNN"),
-        args.images / "range_test_cifar10_exponential.png")
-
-    started = time.perf_counter()
-    par = clr_jax.parallel_range_test(loss_fn, params, batches,
-                                      learning_rates=np.geomspace(0.003, 0.3, 6),
-                                      num_steps=steps["parallel"], optimizer=sgd,
-                                      eval_fn=accuracy, progress=True)
-    seconds = time.perf_counter() - started
-    bounds = [clr_jax.suggest_bounds(par, m) for m in ("valley", "paper_peak")]
-    report["tests"]["parallel"] = {"result": par.to_dict(), "seconds": seconds,
-                                   "bounds": [b.to_dict() for b in bounds]}
-    plotting.save_figure(plotting.plot_range_test(
-        par, bounds, title="parallel range test (6 rates at once), CIFAR-10 (JPEG copy)"),
-        args.images / "range_test_cifar10_parallel.png")
+    record("linear", lambda: clr_jax.range_test(
+        loss_fn, params, batches, min_lr=0.0001, max_lr=0.06, num_steps=steps["linear"],
+        optimizer=sgd, eval_fn=accuracy, eval_every=max(1, steps["linear"] // 32),
+        progress=True), ("paper", "paper_peak"),
+        "linear range test, CIFAR-10 (JPEG copy), small CNN")
+    record("exponential", lambda: clr_jax.range_test(
+        loss_fn, params, batches, min_lr=1e-4, max_lr=1.0, num_steps=steps["exponential"],
+        optimizer=sgd, mode="exponential", progress=True), ("steepest", "valley", "minimum"),
+        "exponential range test, CIFAR-10 (JPEG copy), small CNN")
+    record("parallel", lambda: clr_jax.parallel_range_test(
+        loss_fn, params, batches, learning_rates=np.geomspace(0.003, 0.3, 6),
+        num_steps=steps["parallel"], optimizer=sgd, eval_fn=accuracy, progress=True),
+        ("valley", "paper_peak"),
+        "parallel range test (6 rates at once), CIFAR-10 (JPEG copy)")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
