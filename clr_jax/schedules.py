@@ -441,7 +441,8 @@ def one_cycle(
     Args:
       max_lr: the peak rate.
       total_steps: the length of the cycle in steps.
-      pct_start: fraction of the steps spent rising, in (0, 1).
+      pct_start: fraction of the steps spent rising, in (0, 1); below 0.5 with
+        ``three_phase``.
       anneal: ``"cos"`` (cosine) or ``"linear"`` interpolation within a phase.
       div_factor: initial rate = ``max_lr / div_factor``.
       final_div_factor: final rate = initial rate / ``final_div_factor``.
@@ -468,6 +469,8 @@ def one_cycle(
     v.finite_nonnegative("max_lr", max_lr)
     v.finite_positive("total_steps", total_steps)
     v.check("pct_start", pct_start, lambda p: (p > 0) & (p < 1), "in (0, 1)")
+    if three_phase is True:  # the fall back to the initial rate must end before the end
+        v.check("pct_start", pct_start, lambda p: p < 0.5, "< 0.5 with three_phase=True")
     v.finite_positive("div_factor", div_factor)
     v.finite_positive("final_div_factor", final_div_factor)
     v.choice("anneal", anneal, ANNEALS)

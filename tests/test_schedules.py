@@ -369,6 +369,8 @@ BAD_INPUTS = [
     _bad(lambda: clr_jax.one_cycle(0.1, 100, pct_start=1.0), r"pct_start must be in \(0, 1\)"),
     _bad(lambda: clr_jax.one_cycle(0.1, 100, pct_start=0.0), "pct_start"),
     _bad(lambda: clr_jax.one_cycle(0.1, 100, anneal="exp"), "anneal"),
+    _bad(lambda: clr_jax.one_cycle(0.1, 100, pct_start=0.6, three_phase=True),
+         "pct_start must be < 0.5 with three_phase=True"),
     _bad(lambda: clr_jax.one_cycle(0.1, 100, div_factor=0.0), "div_factor"),
     _bad(lambda: clr_jax.one_cycle(0.1, 100, final_div_factor=-1.0), "final_div_factor"),
     _bad(lambda: clr_jax.one_cycle(0.1, 100, three_phase="yes"), "three_phase"),
