@@ -151,6 +151,10 @@ class TestData:
         d = load_image_folder(tmp_path / "d", use_cache=False)
         assert d.train_images.shape == (6, 4, 4, 3) and d.class_names == ("cat", "dog")
         np.testing.assert_array_equal(np.bincount(d.test_labels), [1, 1])
+        (tmp_path / "d" / "train" / "cow").mkdir()
+        with pytest.raises(ValueError, match="class folder train/cow .* has no images"):
+            load_image_folder(tmp_path / "d", use_cache=False)
+        (tmp_path / "d" / "train" / "cow").rmdir()
         (tmp_path / "d" / "train" / "cat" / "bad.jpg").write_bytes(b"not a jpeg")
         with pytest.raises(ValueError, match="bad.jpg"):
             load_image_folder(tmp_path / "d", use_cache=False)

@@ -55,6 +55,20 @@ def _decode(data: bytes, name: str) -> np.ndarray:
         raise ValueError(f"cannot decode image {name}: {error}") from None
 
 
+def _class_folders(source: Path) -> set[tuple[str, str]]:
+    """(split, class) of every class folder, empty or not."""
+    if source.is_dir():
+        return {(p.parent.name, p.name) for p in source.glob("*/*") if p.is_dir()
+                and p.parent.name in ("train", "test")}
+    with tarfile.open(source, "r:*") as archive:
+        folders = set()
+        for member in archive.getmembers():
+            parts = Path(member.name).parts
+            if member.isdir() and len(parts) >= 2 and parts[-2] in ("train", "test"):
+                folders.add((parts[-2], parts[-1]))
+        return folders
+
+
 def _members(source: Path):
     """(split, class, name, bytes) for every image file, in sorted order."""
     if source.is_dir():
@@ -118,6 +132,11 @@ def load_image_folder(source: str | os.PathLike, *, use_cache: bool = True) -> I
             raise ValueError(
                 f"no {split} images in {source}: expected {split}/<class>/<image>.jpg inside."
             )
+    empty = sorted(f"{split}/{name}" for split, name in _class_folders(source)
+                   if name not in set(classes[split]))
+    if empty:
+        raise ValueError(f"class folder {empty[0]} in {source} has no images "
+                         f"({len(empty)} such folder(s)); remove it or add images.")
     names = tuple(sorted(set(classes["train"])))
     unknown = sorted(set(classes["test"]) - set(names))
     if unknown:

@@ -14,12 +14,14 @@ uninterrupted one on the same device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -275,6 +277,25 @@ class Trainer:
 
 # -- the run: files, checkpoints, resume -------------------------------------------------
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Holds Ctrl-C back while a checkpoint is written, then delivers it: a save is
+    never cut in half by the user (a kill still can be; Orbax then keeps the previous
+    checkpoint, since a save becomes visible only when it is complete)."""
+    received = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _checkpointer(directory: Path):
     import orbax.checkpoint as ocp
 
@@ -396,8 +417,9 @@ def train(
     def save(at_step):
         import orbax.checkpoint as ocp
 
-        manager.save(at_step, args=ocp.args.StandardSave(state), force=True)
-        manager.wait_until_finished()
+        with _interrupts_deferred():
+            manager.save(at_step, args=ocp.args.StandardSave(state), force=True)
+            manager.wait_until_finished()
 
     try:
         with open(metrics_path, "a") as metrics_file:
@@ -436,7 +458,8 @@ def train(
     except KeyboardInterrupt:
         if manager is None:
             manager = _checkpointer(out / "checkpoints")
-        save(step)
+        if manager.latest_step() != step:  # the chunk may have been saved already
+            save(step)
         raise
     finally:
         if bar is not None:
