@@ -141,13 +141,22 @@ class Trainer:
             [dataset.test_images, np.zeros((test_pad, *self.image_shape), np.uint8)]))
         self.test_labels = put(np.concatenate([dataset.test_labels,
                                                np.full(test_pad, -1, np.int32)]))
-        train = dataset.train_images.astype(np.float64)
+        # Statistics accumulate in float64 without a float64 copy of the images
+        # (which would be 1.2 GB for CIFAR-10).
+        images = dataset.train_images
         if config.preprocess == "caffe":  # the per-pixel mean image, 0-255 scale
-            self.offset = put(train.mean(axis=0, keepdims=True).astype(np.float32))
+            mean = images.mean(axis=0, keepdims=True, dtype=np.float64)
+            self.offset = put(mean.astype(np.float32))
             self.scale = put(np.ones((1, 1, 1, 1), np.float32))
-        else:  # per-channel mean and standard deviation
-            self.offset = put(train.mean(axis=(0, 1, 2), keepdims=True).astype(np.float32))
-            self.scale = put((1 / train.std(axis=(0, 1, 2), keepdims=True)).astype(np.float32))
+        else:  # per-channel mean and standard deviation, from uint8 histograms
+            channels = images.reshape(-1, images.shape[-1])
+            levels = np.arange(256, dtype=np.float64)
+            counts = np.stack([np.bincount(channels[:, c], minlength=256)
+                               for c in range(channels.shape[1])]) / len(channels)
+            mean = counts @ levels
+            std = np.sqrt(counts @ levels**2 - mean**2)
+            self.offset = put(mean.reshape(1, 1, 1, -1).astype(np.float32))
+            self.scale = put((1 / std).reshape(1, 1, 1, -1).astype(np.float32))
         self.steps_per_epoch = len(dataset.train_labels) // config.batch_size
         self.initial_state = put({"params": params, "rest": rest,
                                   "opt_state": self.tx.init(params)})
