@@ -41,7 +41,7 @@ from clr_jax.harness.models import CAFFE_MULTIPLIERS, build_model
 from clr_jax.harness.optim import make_optimizer, multipliers_for
 from clr_jax.range_test import _group_size, _uses_convolution
 
-__all__ = ["TrainConfig", "TrainingError", "Trainer", "fingerprint", "train"]
+__all__ = ["TrainConfig", "TrainingError", "Trainer", "fingerprint", "run_loop", "train"]
 
 PREPROCESS = ("caffe", "standard")
 
@@ -128,9 +128,12 @@ class Trainer:
                              if config.caffe_multipliers and config.model == "caffe_cifar10"
                              else None)
         self.tx = self.make_tx(schedule)
+        b = config.batch_size
+        self.convolutional = _uses_convolution(
+            lambda p: self._loss(p, rest, jnp.zeros((b, *dataset.train_images.shape[1:])),
+                                 jnp.zeros((b,), jnp.int32))[0], params)
 
-        self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                                  axis_types=(jax.sharding.AxisType.Auto,))
+        self.mesh = self._make_mesh()
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         put = lambda x: jax.device_put(x, self.replicated)  # noqa: E731
@@ -162,23 +165,33 @@ class Trainer:
                                   "opt_state": self.tx.init(params)})
 
         self.chunk = _chunk_length(config)
-        example = self._batch(jnp.int32(0), self._permutation(jnp.int32(0)))[0]
-        self.group, unroll = _group_size(self.chunk, _uses_convolution(
-            lambda p: self._loss(p, rest, example, self.train_labels[: config.batch_size])[0],
-            params))
+        self.group, unroll = _group_size(self.chunk, self.convolutional)
         # No buffer donation: an interrupt between groups must still find the state
         # of the last finished chunk intact, to checkpoint it.
         self._run_group = jax.jit(self._make_group(unroll), static_argnums=2)
         self._evaluate = jax.jit(self._make_eval())
 
-    def make_tx(self, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
-        """The configured optimizer, with the model's multipliers, at another rate."""
+    def _make_mesh(self) -> jax.sharding.Mesh:
+        return jax.make_mesh((jax.device_count(),), ("data",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+
+    def make_tx(self, learning_rate: optax.ScalarOrSchedule, momentum=None,
+                weight_decay=None) -> optax.GradientTransformation:
+        """The configured optimizer, with the model's multipliers, at another rate
+        (and optionally another momentum and weight decay, which may be traced)."""
         c = self.config
-        return make_optimizer(c.optimizer, learning_rate, momentum=c.momentum,
-                              weight_decay=c.weight_decay, multipliers=self._multipliers)
+        return make_optimizer(
+            c.optimizer, learning_rate,
+            momentum=c.momentum if momentum is None else momentum,
+            weight_decay=c.weight_decay if weight_decay is None else weight_decay,
+            multipliers=self._multipliers)
+
+    def place(self, state):
+        """Puts a (restored) state where the compiled steps expect it."""
+        return jax.device_put(state, self.replicated)
 
     # -- data --------------------------------------------------------------------------
-    def _permutation(self, epoch):
+    def _permutation(self, epoch, seed=None):
         """The order of the training set in ``epoch``: a fresh permutation per epoch, or
         with ``shuffle=False`` one fixed permutation for every epoch (as Caffe read its
         pre-shuffled LMDB; the identity would feed class-sorted folders class by class).
@@ -186,7 +199,8 @@ class Trainer:
         n = self.train_labels.shape[0]
         if not self.config.shuffle:
             epoch = jnp.zeros_like(epoch)
-        key = jax.random.fold_in(jax.random.key(self.config.seed), epoch)
+        seed = self.config.seed if seed is None else seed
+        key = jax.random.fold_in(jax.random.key(seed), epoch)
         return jax.random.permutation(key, n).astype(jnp.int32)
 
     def _prepare(self, images):
@@ -204,14 +218,15 @@ class Trainer:
         flip = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
         return jnp.where(flip, images[:, :, ::-1, :], images)
 
-    def _batch(self, step, permutation):
+    def _batch(self, step, permutation, seed=None):
         b = self.config.batch_size
+        seed = self.config.seed if seed is None else seed
         start = (step % self.steps_per_epoch) * b
         index = jax.lax.dynamic_slice(permutation, (start,), (b,))
         images = self._prepare(self.train_images[index])
         if self.config.augment:
             images = self._augment(images, jax.random.fold_in(
-                jax.random.key(self.config.seed + 1), step))
+                jax.random.key(seed + 1), step))
         images = jax.lax.with_sharding_constraint(images, self.batch_sharding)
         return images, self.train_labels[index]
 
@@ -222,29 +237,31 @@ class Trainer:
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, nnx.state(model, nnx.Not(nnx.Param))
 
+    def _steps(self, state, first_step, group, unroll, tx, seed=None):
+        """``group`` training steps from ``first_step`` with ``tx``: (state, losses)."""
+        epoch0 = first_step // self.steps_per_epoch
+
+        def body(carry, step):
+            state, permutation, epoch = carry
+            new_epoch = step // self.steps_per_epoch
+            permutation = jax.lax.cond(new_epoch == epoch, lambda: permutation,
+                                       lambda: self._permutation(new_epoch, seed))
+            images, labels = self._batch(step, permutation, seed)
+            (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(
+                state["params"], state["rest"], images, labels)
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            return ({"params": params, "rest": rest, "opt_state": opt_state},
+                    permutation, new_epoch), loss
+
+        steps = first_step + jnp.arange(group, dtype=jnp.int32)
+        (state, _, _), losses = jax.lax.scan(
+            body, (state, self._permutation(epoch0, seed), epoch0), steps, unroll=unroll)
+        return state, losses
+
     def _make_group(self, unroll: bool) -> Callable:
-        def run(state, first_step, group):
-            epoch0 = first_step // self.steps_per_epoch
-
-            def body(carry, step):
-                state, permutation, epoch = carry
-                new_epoch = step // self.steps_per_epoch
-                permutation = jax.lax.cond(new_epoch == epoch, lambda: permutation,
-                                           lambda: self._permutation(new_epoch))
-                images, labels = self._batch(step, permutation)
-                (loss, rest), grads = jax.value_and_grad(self._loss, has_aux=True)(
-                    state["params"], state["rest"], images, labels)
-                updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-                params = optax.apply_updates(state["params"], updates)
-                return ({"params": params, "rest": rest, "opt_state": opt_state},
-                        permutation, new_epoch), loss
-
-            steps = first_step + jnp.arange(group, dtype=jnp.int32)
-            (state, _, _), losses = jax.lax.scan(
-                body, (state, self._permutation(epoch0), epoch0), steps, unroll=unroll)
-            return state, losses
-
-        return run
+        return lambda state, first_step, group: self._steps(state, first_step, group,
+                                                            unroll, self.tx)
 
     def _make_eval(self, graphdef=None) -> Callable:
         """Test loss and accuracy; ``graphdef`` defaults to the eval-mode model."""
@@ -381,8 +398,70 @@ def train(
     out = Path(out)
     prepare_out_dir(out, resume=resume, overwrite=overwrite)
     trainer = Trainer(config, dataset, schedule)
+
+    def make_row(step, length, losses, state):
+        if not np.isfinite(losses).all():
+            bad = step - length + int(np.flatnonzero(~np.isfinite(losses))[0])
+            raise TrainingError(
+                f"the loss became {losses[bad - step + length]} at step {bad} (learning "
+                f"rate {float(schedule(bad)):.4g}); the last checkpoint is kept. Lower the "
+                "learning rate (run a range test) and train again."
+            )
+        row = {"step": step, "lr": float(schedule(step - 1)), "loss": float(losses.mean())}
+        if step % config.eval_every == 0 or step == config.num_steps:
+            row.update(trainer.evaluate(state))
+        return row
+
+    def postfix(row):
+        return {"loss": f"{row['loss']:.3f}", "lr": f"{row['lr']:.3g}",
+                **({"acc": f"{row['test_accuracy']:.3f}"} if "test_accuracy" in row else {})}
+
+    record = {"config": dataclasses.asdict(config), **(describe or {})}
+    state, step, steps_run, seconds = run_loop(
+        trainer, out, record, resume=resume, progress=progress, make_row=make_row,
+        postfix=postfix, on_log=on_log)
+    final = trainer.evaluate(state)
+    rows = _read_metrics(out / "metrics.jsonl", step)
+    evaluated = [r for r in rows if "test_accuracy" in r]
+    best_row = max(evaluated, key=lambda r: r["test_accuracy"]) if evaluated else None
+    summary = {
+        "final_test_accuracy": final["test_accuracy"],
+        "final_test_loss": final["test_loss"],
+        "best_test_accuracy": best_row["test_accuracy"] if best_row else None,
+        "best_step": best_row["step"] if best_row else None,
+        "steps": step,
+        "wall_seconds_this_session": seconds,
+        "images_per_second": steps_run * config.batch_size / seconds if seconds else None,
+        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "fingerprint": fingerprint(state["params"]),
+        **json.loads(json.dumps(record)),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_loop(
+    trainer: Trainer,
+    out: Path,
+    record: dict,
+    *,
+    resume: bool,
+    progress: bool,
+    make_row: Callable,
+    postfix: Callable,
+    on_log: Callable[[dict], None] | None = None,
+    desc: str = "train",
+):
+    """The loop shared by `train` and sweeps: chunks of compiled steps, metrics rows,
+    checkpoints, resume, the progress bar and Ctrl-C.
+
+    ``make_row(step, length, losses, state)`` turns a finished chunk into its metrics
+    row (evaluating when due); ``postfix(row)`` gives the progress bar's fields.
+    Returns ``(state, step, steps_run, seconds)``.
+    """
+    config = trainer.config
     # Through JSON, so that what is compared on --resume is what was saved.
-    record = json.loads(json.dumps({"config": dataclasses.asdict(config), **(describe or {})}))
+    record = json.loads(json.dumps(record))
     config_path = out / "config.json"
     if resume and config_path.exists():
         saved = json.loads(config_path.read_text())
@@ -407,7 +486,7 @@ def train(
         step = int(manager.latest_step())
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         state = manager.restore(step, args=ocp.args.StandardRestore(target))
-        state = jax.device_put(state, trainer.replicated)
+        state = trainer.place(state)
     metrics_path = out / "metrics.jsonl"
     rows = _read_metrics(metrics_path, step)
     with open(metrics_path.with_name(".metrics.tmp"), "w") as f:
@@ -418,10 +497,9 @@ def train(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.num_steps, initial=step, unit="step", desc="train",
+        bar = tqdm(total=config.num_steps, initial=step, unit="step", desc=desc,
                    dynamic_ncols=True)
     started, steps_run = time.perf_counter(), 0
-    best = max((r["test_accuracy"] for r in rows if "test_accuracy" in r), default=None)
 
     def save(at_step):
         import orbax.checkpoint as ocp
@@ -434,22 +512,11 @@ def train(
         with open(metrics_path, "a") as metrics_file:
             while step < config.num_steps:
                 length = min(trainer.chunk, config.num_steps - step)
-                state, losses = trainer.run_steps(state, step, length)
-                losses = np.asarray(losses)
-                if not np.isfinite(losses).all():
-                    bad = step + int(np.flatnonzero(~np.isfinite(losses))[0])
-                    raise TrainingError(
-                        f"the loss became {losses[bad - step]} at step {bad} (learning rate "
-                        f"{float(schedule(bad)):.4g}); the last checkpoint is kept. Lower the "
-                        "learning rate (run a range test) and train again."
-                    )
+                new_state, losses = trainer.run_steps(state, step, length)
+                row = make_row(step + length, length, np.asarray(losses), new_state)
+                state = new_state
                 step += length
                 steps_run += length
-                row = {"step": step, "lr": float(schedule(step - 1)),
-                       "loss": float(losses.mean())}
-                if step % config.eval_every == 0 or step == config.num_steps:
-                    row.update(trainer.evaluate(state))
-                    best = max(best or 0.0, row["test_accuracy"])
                 if step % config.log_every == 0 or "test_accuracy" in row \
                         or step == config.num_steps:
                     metrics_file.write(json.dumps(row) + "\n")
@@ -461,9 +528,7 @@ def train(
                     save(step)
                 if bar is not None:
                     bar.update(length)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}",
-                                    **({"acc": f"{row['test_accuracy']:.3f}"}
-                                       if "test_accuracy" in row else {}))
+                    bar.set_postfix(**postfix(row))
     except KeyboardInterrupt:
         if manager is None:
             manager = _checkpointer(out / "checkpoints")
@@ -473,23 +538,4 @@ def train(
     finally:
         if bar is not None:
             bar.close()
-
-    seconds = time.perf_counter() - started
-    final = trainer.evaluate(state)
-    rows = _read_metrics(metrics_path, step)
-    evaluated = [r for r in rows if "test_accuracy" in r]
-    best_row = max(evaluated, key=lambda r: r["test_accuracy"]) if evaluated else None
-    summary = {
-        "final_test_accuracy": final["test_accuracy"],
-        "final_test_loss": final["test_loss"],
-        "best_test_accuracy": best_row["test_accuracy"] if best_row else None,
-        "best_step": best_row["step"] if best_row else None,
-        "steps": step,
-        "wall_seconds_this_session": seconds,
-        "images_per_second": steps_run * config.batch_size / seconds if seconds else None,
-        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "fingerprint": fingerprint(state["params"]),
-        **record,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+    return state, step, steps_run, time.perf_counter() - started
