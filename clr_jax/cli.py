@@ -296,6 +296,69 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _member(text: str) -> dict:
+    """'NAME POLICY key=value ...' -> a member dict for `parse_members`."""
+    parts = text.split()
+    if len(parts) < 2:
+        raise argparse.ArgumentTypeError(
+            f"--member {text!r} needs a name and a policy, e.g. "
+            "'tri triangular base_lr=0.001 max_lr=0.006 step_size=2000'")
+    policy, settings, steps = _stage(" ".join(parts[1:]))
+    member = {"name": parts[0], "policy": policy, **settings}
+    if steps is not None:
+        member["steps"] = steps
+    return member
+
+
+# TrainConfig fields a sweep file's [train] table may set, and the flag each replaces.
+_TRAIN_FLAGS = {"model": "model", "optimizer": "optimizer", "momentum": "momentum",
+                "weight_decay": "weight_decay", "batch_size": "batch_size", "seed": "seed",
+                "preprocess": "preprocess", "augment": "augment", "num_steps": "steps",
+                "eval_every": "eval_every", "log_every": "log_every",
+                "checkpoint_every": "checkpoint_every"}
+
+
+def _sweep_file_defaults(train: dict) -> dict:
+    defaults = {}
+    for key, value in train.items():
+        if key == "shuffle":
+            defaults["no_shuffle"] = not value
+        elif key == "caffe_multipliers":
+            defaults["no_caffe_multipliers"] = not value
+        elif key in _TRAIN_FLAGS:
+            defaults[_TRAIN_FLAGS[key]] = value
+        else:
+            defaults.setdefault("_train_extra", {})[key] = value
+    return defaults
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from clr_jax.harness.sweep import load_members, parse_members, sweep
+
+    if bool(args.config) == bool(args.member):
+        raise UsageError("give the members with --config FILE or with --member (repeated), "
+                         "not both or neither")
+    members = load_members(args.config)[1] if args.config else parse_members(args.member)
+    dataset = _load_data(args)
+    num_steps = _steps(args, dataset)
+    eval_every = args.eval_every if args.eval_every is not None else max(1, num_steps // 10)
+    log_every = args.log_every if args.log_every is not None else max(1, min(100, eval_every))
+    config = _train_config(args, num_steps, eval_every, log_every=log_every,
+                           checkpoint_every=args.checkpoint_every,
+                           **getattr(args, "_train_extra", {}))
+    summary = sweep(config, dataset, members, args.out, resume=args.resume,
+                    overwrite=args.overwrite, progress=not args.no_progress,
+                    members_per_chunk=args.members_per_chunk,
+                    member_devices=args.member_devices,
+                    target_accuracy=args.target_accuracy,
+                    describe={"dataset": args.dataset})
+    print((args.out / "table.md").read_text(), end="")
+    print(f"{len(members)} members in {summary['wall_seconds_this_session']:.0f} s "
+          f"({summary['members_per_chunk']} per chunk); wrote {args.out / 'sweep.json'}, "
+          "table.md, table.csv, curves.png and schedules.png")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from clr_jax.harness.jobs import run_demo
 
@@ -364,6 +427,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its latest checkpoint")
     train.set_defaults(run=_cmd_train)
+
+    sweep = commands.add_parser(
+        "sweep", help="train many schedules at once (vmapped, sharded over devices)",
+        description="Train K models with their own schedules in one compiled program; "
+        "write sweep.json, table.md, table.csv, curves.png and schedules.png.")
+    members = sweep.add_argument_group("members")
+    members.add_argument("--config", type=Path,
+                         help="a .toml or .json file with [[member]] tables (and [train])")
+    members.add_argument("--member", action="append", type=_member,
+                         help="'NAME POLICY key=value ...' (repeat for each member), e.g. "
+                         "'tri triangular base_lr=0.001 max_lr=0.006 step_size=2000'")
+    _add_data_model_flags(sweep, steps_help="training steps for every member")
+    sweep.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
+    sweep.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the sweep in --out from its latest checkpoint")
+    sweep.add_argument("--members-per-chunk", type=int,
+                       help="members trained at once (default: as many as fit; one on "
+                       "CPU for convolutional models)")
+    sweep.add_argument("--member-devices", type=int,
+                       help="devices the member axis is sharded over (the rest split "
+                       "each batch)")
+    sweep.add_argument("--target-accuracy", type=float,
+                       help="report the steps each member needs to reach it (default: "
+                       "the final accuracy of the fixed-rate members)")
+    sweep.set_defaults(run=_cmd_sweep)
     return parser
 
 
@@ -375,6 +464,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command != "schedule" and _harness_names()[0] is None:
             raise UsageError(HARNESS_MISSING)
+        if args.command == "sweep" and args.config is not None:
+            # the file's [train] table replaces the defaults; flags given still win
+            from clr_jax.harness.sweep import load_members
+
+            train_settings = load_members(args.config)[0]
+            commands = next(a for a in parser._actions
+                            if isinstance(a, argparse._SubParsersAction))
+            commands.choices["sweep"].set_defaults(**_sweep_file_defaults(train_settings))
+            args = parser.parse_args(argv)
         return args.run(args)
     except UsageError as error:
         print(f"clr-jax: error: {error}", file=sys.stderr)
@@ -384,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         hint = ""
-        if getattr(args, "command", None) == "train":
+        if getattr(args, "command", None) in ("train", "sweep"):
             hint = "; a checkpoint was saved: add --resume to the same command to continue"
         print(f"clr-jax: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -48,7 +48,10 @@ def multipliers_for(params: Any, table: dict[tuple[str, str], tuple[float, float
 def _per_parameter(weight_decay: float, multipliers: Multipliers | None):
     """grad -> lr_mult * (grad + weight_decay * decay_mult * w), one label per pair."""
     if multipliers is None:
-        return optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity()
+        concrete = v.concrete(weight_decay)
+        if concrete is not None and not concrete.any():  # a traced one may be nonzero
+            return optax.identity()
+        return optax.add_decayed_weights(weight_decay)
     pairs = sorted({tuple(map(float, m)) for m in jax.tree.leaves(
         multipliers, is_leaf=lambda x: isinstance(x, tuple))})
     labels = jax.tree.map(lambda m: f"lr{float(m[0])}_wd{float(m[1])}", multipliers,

@@ -168,7 +168,7 @@ class Trainer:
         self.group, unroll = _group_size(self.chunk, self.convolutional)
         # No buffer donation: an interrupt between groups must still find the state
         # of the last finished chunk intact, to checkpoint it.
-        self._run_group = jax.jit(self._make_group(unroll), static_argnums=2)
+        self._run_group = jax.jit(self._make_group(unroll), static_argnames="group")
         self._evaluate = jax.jit(self._make_eval())
 
     def _make_mesh(self) -> jax.sharding.Mesh:
