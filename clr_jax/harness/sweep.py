@@ -472,7 +472,7 @@ def _results(members, rows, diverged, target):
                    "test_loss": [r["test_loss"][m] for r in evaluated]}
         accuracies = [(a, s) for a, s in zip(history["test_accuracy"], history["eval_step"])
                       if a is not None]
-        best = max(accuracies, default=(None, None))
+        best = max(accuracies, key=lambda x: x[0], default=(None, None))  # earliest best
         reached = next((s for a, s in accuracies if target is not None and a >= target), None)
         out.append({"name": name, "stages": [list(s) for s in members[m].stages],
                     "final_test_accuracy": (history["test_accuracy"][-1]
