@@ -39,7 +39,7 @@ import optax
 import clr_jax
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.train import TrainConfig, train
-from clr_jax.policies import staged
+from clr_jax.policies import make_schedule, staged
 
 OUT = Path(__file__).resolve().parent / "results" / "table1"
 
@@ -56,7 +56,7 @@ def policies(scale: float):
         ]), s(25_000)),
         "triangular": (clr_jax.triangular(0.001, 0.006, s(2000)), s(25_000)),
         "decay": (clr_jax.decay(0.007, 0.001, s(4000)), s(25_000)),
-        "exp": (optax.exponential_decay(0.001, 1, 0.99994 ** (1 / scale)), s(70_000)),
+        "exp": (make_schedule("exp", base_lr=0.001, gamma=0.99994 ** (1 / scale)), s(70_000)),
         "exp_range_amplitude": (clr_jax.exp_range(0.001, 0.006, s(2000), 0.99994 ** (1 / scale)),
                                 s(42_000)),
         "exp_range_both": (clr_jax.exp_range(0.001, 0.006, s(2000), 0.99994 ** (1 / scale),
