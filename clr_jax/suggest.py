@@ -229,9 +229,9 @@ def suggest_bounds(
             )
         window = slice(first, lowest + 1)
         slope = np.gradient(loss[window], np.log(rates[window]))
-        j = first + int(np.argmin(slope))
-        return _from_point(rates[j], method, base_fraction,
-                           {**evidence, "steepest_slope_per_log_lr": float(slope[j])})
+        k = int(np.argmin(slope))  # index into the window
+        return _from_point(rates[first + k], method, base_fraction,
+                           {**evidence, "steepest_slope_per_log_lr": float(slope[k])})
     start, end = _longest_valley(loss[first:])
     start, end = start + first, end + first
     j = start + (end - start) // 2

@@ -379,3 +379,21 @@ def test_convolutional_models_take_the_unrolled_path_with_same_numbers():
         expected.append(float(loss))
     np.testing.assert_allclose(result.losses, expected, rtol=1e-5)
     assert result.eval_metrics["n"][-1] == pytest.approx(float(jnp.sum(p["k"] ** 2)), rel=1e-5)
+
+
+class TestLossRulesSkipStart:
+    def test_steepest_with_skipped_start_and_a_late_minimum(self):
+        """Regression: with skip_start > 0 the steepest point was indexed off the window
+        (an IndexError on a 1,000-step CIFAR-10 test). loss = -tanh(log r - log 0.012)
+        falls fastest at r = 0.012, then rises after its minimum near 0.015."""
+        rates = np.linspace(1e-5, 0.02, 1000)
+        loss = -np.tanh(np.log(rates) - np.log(0.012)) + 50 * np.clip(rates - 0.015, 0, None)
+        n = rates.size
+        result = clr_jax.RangeTestResult(
+            learning_rates=rates, losses=loss, smoothed_losses=loss,
+            eval_steps=np.arange(0), eval_learning_rates=np.zeros(0), eval_metrics={},
+            stop_reason=None, stop_step=None, mode="linear", min_lr=1e-5, max_lr=0.02,
+            num_steps=n)
+        b = clr_jax.suggest_bounds(result, "steepest", skip_start=0.3)
+        assert b.max_lr == pytest.approx(0.012, rel=0.01)
+        assert b.evidence["steepest_slope_per_log_lr"] == pytest.approx(-1, abs=0.01)

@@ -1,0 +1,39 @@
+"""Shared by the benchmark scripts: machine description and RESULTS.md sections."""
+
+import os
+import platform
+import re
+from pathlib import Path
+
+import jax
+
+ROOT = Path(__file__).resolve().parent
+RESULTS_MD = ROOT / "RESULTS.md"
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "backend": jax.default_backend(), "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
+            "python": platform.python_version()}
+
+
+def update_section(name: str, markdown: str) -> None:
+    """Replaces the section between <!-- name:start --> and <!-- name:end --> in
+    RESULTS.md (appending it if absent), so each script regenerates its own part."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) \
+        else text.rstrip("\n") + "\n\n" + block + "\n"
+    RESULTS_MD.write_text(text)
