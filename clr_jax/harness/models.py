@@ -29,11 +29,118 @@ def _pool_ceil(x: jax.Array, kind: str) -> jax.Array:
     padding = ((0, 0), (0, pad_h), (0, pad_w), (0, 0))
     window, strides = (1, 3, 3, 1), (1, 2, 2, 1)
     if kind == "max":
-        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, padding)
+        return _max_pool_ceil(x)
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
     ones = jnp.ones((1, h, w, 1), x.dtype)
     count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, padding)
     return total / count
+
+
+@jax.custom_vjp
+def _max_pool_ceil(x: jax.Array) -> jax.Array:
+    """`_pool_ceil(x, "max")` whose gradient goes to the first maximum of each window
+    (in row-major order, as Caffe's), computed from 9 strided slices.
+
+    Autodiff of ``reduce_window(max)`` tracks argmax indices through a variadic
+    reduce_window, which XLA's CPU backend runs ~4x slower than the whole rest of the
+    pooling (benchmarks/RESULTS.md).
+    """
+    return _reduce_max(x)
+
+
+def _reduce_max(x):
+    h, w = x.shape[1], x.shape[2]
+    padding = ((0, 0), (0, -(h - 3) % 2), (0, -(w - 3) % 2), (0, 0))
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), padding)
+
+
+def _max_pool_fwd(x):
+    y = _reduce_max(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(residuals, g):
+    x, y = residuals
+    n, h, w, c = x.shape
+    oh, ow = y.shape[1], y.shape[2]
+    hp, wp = 2 * oh + 1, 2 * ow + 1  # the padded extent the windows cover
+    xp = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)), constant_values=-jnp.inf)
+    taken = jnp.zeros(y.shape, bool)
+    zero = jnp.zeros((), g.dtype)
+    part = {}
+    for i in range(3):
+        for j in range(3):
+            window = jax.lax.slice(xp, (0, i, j, 0), (n, i + 2 * oh - 1, j + 2 * ow - 1, c),
+                                   (1, 2, 2, 1))
+            first = (window == y) & ~taken
+            taken = taken | first
+            part[i, j] = jnp.where(first, g, zero)
+
+    def at(a, down, right):  # (n, oh, ow, c) -> (n, oh + 1, ow + 1, c), shifted
+        return jnp.pad(a, ((0, 0), (down, 1 - down), (right, 1 - right), (0, 0)))
+
+    # Input row 2a receives from window row offsets 0 (window a) and 2 (window a - 1),
+    # row 2a + 1 from offset 1 only; the same for columns. Assemble the four parities
+    # and interleave them, instead of nine strided scatters over the whole input.
+    even_even = at(part[0, 0], 0, 0) + at(part[2, 0], 1, 0) + at(part[0, 2], 0, 1) \
+        + at(part[2, 2], 1, 1)
+    even_odd = at(part[0, 1], 0, 0) + at(part[2, 1], 1, 0)
+    odd_even = at(part[1, 0], 0, 0) + at(part[1, 2], 0, 1)
+    odd_odd = at(part[1, 1], 0, 0)
+    dx = jnp.stack([jnp.stack([even_even, even_odd], 3), jnp.stack([odd_even, odd_odd], 3)], 2)
+    return (dx.reshape(n, 2 * oh + 2, 2 * ow + 2, c)[:, :h, :w, :],)
+
+
+_max_pool_ceil.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+@jax.custom_vjp
+def _conv_few_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A stride-1 "same" convolution (odd kernel, NHWC, HWIO) whose kernel gradient is
+    one matrix product per kernel row over im2col columns.
+
+    For inputs with few channels (the RGB image) XLA's CPU backend computes the kernel
+    gradient as a convolution over the batch, ~4x slower than this
+    (benchmarks/RESULTS.md).
+    """
+    return _conv_same(x, kernel)
+
+
+def _conv_same(x, kernel):
+    ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((ph, ph), (pw, pw)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_few_fwd(x, kernel):
+    return _conv_same(x, kernel), (x, kernel)
+
+
+def _conv_few_bwd(residuals, g):
+    x, kernel = residuals
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    g2 = g.reshape(-1, o)
+    rows = []
+    for i in range(kh):
+        columns = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for j in range(kw)], axis=-1)
+        rows.append((columns.reshape(n * h * w, kw * c).T @ g2).reshape(kw, c, o))
+    dx = jax.vjp(lambda x: _conv_same(x, kernel), x)[1](g)[0]
+    return dx, jnp.stack(rows).astype(kernel.dtype)
+
+
+_conv_few_channels.defvjp(_conv_few_fwd, _conv_few_bwd)
+
+
+class _CaffeConv(nnx.Conv):
+    """``nnx.Conv`` (5x5, stride 1, padding 2) that on CPU routes inputs with at most 4
+    channels through `_conv_few_channels`. Same parameters, same values."""
+
+    def __call__(self, x):
+        if self.in_features <= 4 and jax.default_backend() == "cpu":
+            return _conv_few_channels(x, self.kernel[...]) + self.bias[...]
+        return super().__call__(x)
 
 
 def _lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75) -> jax.Array:
@@ -53,7 +160,7 @@ class CaffeCifar10(nnx.Module):
 
     def __init__(self, num_classes: int = 10, *, in_channels: int = 3, rngs: nnx.Rngs):
         def conv(cin, cout, std):
-            return nnx.Conv(cin, cout, (5, 5), padding=((2, 2), (2, 2)),
+            return _CaffeConv(cin, cout, (5, 5), padding=((2, 2), (2, 2)),
                             kernel_init=nnx.initializers.normal(std),
                             bias_init=nnx.initializers.zeros_init(), rngs=rngs)
 
