@@ -367,3 +367,52 @@ def test_demo_writes_a_report(tmp_path):
     with pytest.raises(ValueError, match="already holds a demo report"):
         run_demo(tmp_path / "demo", progress=False, scale=0.04,
                  dataset=tiny_dataset(n_train=400, n_test=100, size=32))
+
+
+class TestFastKernels:
+    """The CPU kernels of the Caffe net change speed, not numerics."""
+
+    @pytest.mark.parametrize("h, w", [(32, 32), (16, 16), (7, 9), (8, 5)])
+    def test_max_pool_gradient_is_caffes_first_max(self, h, w):
+        rng = np.random.default_rng(h * w)
+        x = rng.integers(0, 4, (2, h, w, 3)).astype(np.float32)  # many ties
+        y = np.asarray(models._reduce_max(jnp.asarray(x)))
+        g = rng.normal(size=y.shape).astype(np.float32)
+        dx = np.asarray(jax.vjp(models._max_pool_ceil, jnp.asarray(x))[1](jnp.asarray(g))[0])
+        want = np.zeros_like(x)
+        for n, a, b, c in np.ndindex(*y.shape):
+            cells = [(2 * a + i, 2 * b + j) for i in range(3) for j in range(3)
+                     if 2 * a + i < h and 2 * b + j < w]
+            values = [x[n, r, s, c] for r, s in cells]
+            r, s = cells[int(np.argmax(values))]  # argmax: the first maximum
+            want[n, r, s, c] += g[n, a, b, c]
+            assert y[n, a, b, c] == max(values)
+        np.testing.assert_allclose(dx, want, atol=1e-6)
+
+    @pytest.mark.parametrize("kernel_size, channels", [(5, 3), (3, 1), (5, 4)])
+    def test_few_channel_convolution_gradients(self, kernel_size, channels):
+        kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+        x = jax.random.normal(kx, (4, 10, 12, channels))
+        kernel = jax.random.normal(kk, (kernel_size, kernel_size, channels, 6))
+        g = jax.random.normal(kg, (4, 10, 12, 6))
+        fast = jax.vjp(models._conv_few_channels, x, kernel)
+        plain = jax.vjp(models._conv_same, x, kernel)
+        np.testing.assert_allclose(fast[0], plain[0], rtol=1e-6)
+        for a, b in zip(fast[1](g), plain[1](g)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+    def test_training_curve_matches_the_plain_kernels(self, monkeypatch):
+        data = load_dataset("sample")
+        config = TrainConfig(num_steps=8, eval_every=8, log_every=8, batch_size=48,
+                             shuffle=False)
+        schedule = clr_jax.triangular(0.001, 0.006, 4)
+
+        def losses():
+            trainer = Trainer(config, data, schedule)
+            return np.asarray(trainer.run_steps(trainer.initial_state, 0, 8)[1])
+
+        fast = losses()
+        monkeypatch.setattr(models, "_max_pool_ceil", models._reduce_max)
+        monkeypatch.setattr(models._CaffeConv, "__call__", nnx.Conv.__call__)
+        plain = losses()
+        np.testing.assert_allclose(fast, plain, rtol=1e-5)

@@ -139,7 +139,8 @@ class _CaffeConv(nnx.Conv):
 
     def __call__(self, x):
         if self.in_features <= 4 and jax.default_backend() == "cpu":
-            return _conv_few_channels(x, self.kernel[...]) + self.bias[...]
+            bias = self.bias[...].reshape(1, 1, 1, -1)
+            return _conv_few_channels(x, self.kernel[...]) + bias
         return super().__call__(x)
 
 
