@@ -21,9 +21,15 @@ Policies and lengths (iterations) at --scale 1.0 (the paper's; meant for a GPU):
 - exp_range_amplitude / exp_range_both: 0.001-0.006, step 2,000, gamma 0.99994 (bounds
   and step size are assumptions), the two readings of the formula; 42,000
 
---scale multiplies every length and step size (0.01 for a smoke test). Each policy
-writes OUT/<policy>/ (summary.json, metrics.jsonl, checkpoints every 5,000 iterations:
-re-run the same command to resume) and OUT/table1.json collects the summaries.
+--scale multiplies every length and step size (0.02 is the CPU scale committed here:
+the shape of every schedule kept, 50x fewer iterations). Each policy writes
+OUT/<policy>/ (summary.json, metrics.jsonl, checkpoints every 5,000 x scale iterations:
+re-run the same command to resume, finished policies are not run again). At the end
+(or with --report-only) the script writes experiments/results/table1_cifar10_<scale>.json
+(every curve, config, device, wall times, versions; iterations each policy needed to
+reach the fixed policy's final accuracy; accuracies at an equal budget, the shortest
+policy's length) with a markdown table next to it, and
+docs/images/table1_cifar10_<scale>.png.
 """
 
 import argparse
@@ -37,6 +43,7 @@ import jax
 import optax
 
 import clr_jax
+from clr_jax._io import write_json
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.train import TrainConfig, train
 from clr_jax.policies import make_schedule, staged
@@ -64,7 +71,7 @@ def policies(scale: float):
     }
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"))
     parser.add_argument("--policies", default=",".join(policies(1.0)))
@@ -72,8 +79,15 @@ def main():
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--eval-every", type=int,
                         help="iterations between test evaluations (default: 1000 x scale)")
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="100 is the paper's; smaller only for smoke tests")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--report-only", action="store_true",
+                        help="only collect finished policies into the result file")
+    parser.add_argument("--report-dir", type=Path,
+                        help="write the result file and figure here (default: "
+                        "experiments/results and docs/images)")
+    args = parser.parse_args(argv)
     if not args.data:
         parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
     table = policies(args.scale)
@@ -81,6 +95,8 @@ def main():
     unknown = sorted(set(chosen) - set(table))
     if unknown:
         parser.error(f"unknown policies {unknown}; choose from {', '.join(table)}")
+    if args.report_only:
+        return report(args)
     dataset = load_dataset(args.data)
     eval_every = args.eval_every or max(1, round(1000 * args.scale))
     results_path = args.out / "table1.json"
@@ -89,7 +105,8 @@ def main():
         schedule, steps = table[name]
         config = TrainConfig(num_steps=steps, eval_every=eval_every, log_every=eval_every,
                              checkpoint_every=max(eval_every, round(5000 * args.scale)),
-                             shuffle=False, eval_batch_size=500)
+                             shuffle=False, eval_batch_size=500,
+                             batch_size=args.batch_size)
         folder = args.out / name
         resume = (folder / "checkpoints").exists() and not (folder / "summary.json").exists()
         if (folder / "summary.json").exists():
@@ -101,6 +118,7 @@ def main():
                             describe={"policy": name, "data": "CIFAR-10 (JPEG copy)",
                                       "scale": args.scale})
             summary["wall_seconds_total"] = time.perf_counter() - started
+            write_json(folder / "summary.json", summary)
         results[name] = {k: summary.get(k) for k in (
             "final_test_accuracy", "best_test_accuracy", "best_step", "steps",
             "images_per_second", "device", "wall_seconds_this_session", "fingerprint")}
@@ -110,6 +128,96 @@ def main():
         results_path.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name:22s} {summary['final_test_accuracy']:.4f} after {summary['steps']} "
               f"iterations ({summary['images_per_second']:.0f} images/s)", flush=True)
+    report(args)
+
+
+PAPER = {"fixed": (70_000, 81.4), "triangular2": (25_000, 81.4), "decay": (25_000, 78.5),
+         "exp": (70_000, 79.1), "exp_range_amplitude": (42_000, 82.2),
+         "exp_range_both": (42_000, 82.2), "triangular": (25_000, None)}
+
+
+def _rows(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def report(args) -> dict:
+    """Collects every finished policy under --out into one result file, table and figure."""
+    from clr_jax import plotting
+
+    chosen = [name for name in policies(args.scale)
+              if (args.out / name / "summary.json").exists()]
+    if not chosen:
+        raise SystemExit(f"no finished policy under {args.out}")
+    runs = {}
+    for name in chosen:
+        summary = json.loads((args.out / name / "summary.json").read_text())
+        evaluated = [r for r in _rows(args.out / name) if "test_accuracy" in r]
+        runs[name] = {
+            "final_test_accuracy": summary["final_test_accuracy"],
+            "best_test_accuracy": summary["best_test_accuracy"],
+            "steps": summary["steps"], "paper_steps": PAPER[name][0],
+            "paper_accuracy": PAPER[name][1],
+            "eval_steps": [r["step"] for r in evaluated],
+            "test_accuracy": [r["test_accuracy"] for r in evaluated],
+            "lr": [r["lr"] for r in evaluated],
+            "images_per_second": summary.get("images_per_second"),
+            "device": summary.get("device"), "fingerprint": summary.get("fingerprint"),
+            "config": summary.get("config"),
+        }
+    target = runs["fixed"]["final_test_accuracy"] if "fixed" in runs else None
+    budget = min(run["steps"] for run in runs.values())
+    for run in runs.values():
+        pairs = list(zip(run["eval_steps"], run["test_accuracy"]))
+        run["steps_to_fixed_final"] = next(
+            (s for s, a in pairs if target is not None and a >= target), None)
+        run["fraction_of_fixed_iterations"] = (
+            run["steps_to_fixed_final"] / runs["fixed"]["steps"]
+            if run["steps_to_fixed_final"] and "fixed" in runs else None)
+        at_budget = [a for s, a in pairs if s <= budget]
+        run["accuracy_at_equal_budget"] = at_budget[-1] if at_budget else None
+    label = f"{args.scale:g}"
+    scale_text = "paper scale" if args.scale == 1 else f"scaled down x{args.scale:g} (CPU)"
+    result = {"experiment": "table1_cifar10", "scale": args.scale, "scale_text": scale_text,
+              "data": "CIFAR-10 (JPEG copy)", "target_fixed_final": target,
+              "equal_budget_steps": budget, "policies": runs,
+              "assumptions": __doc__.split("Policies and lengths")[1].split("--scale")[0],
+              "machine": platform.machine(), "jax": jax.__version__,
+              "clr_jax": clr_jax.__version__}
+    results_dir = args.report_dir or Path(__file__).resolve().parent / "results"
+    images_dir = args.report_dir or Path(__file__).resolve().parents[1] / "docs" / "images"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"table1_cifar10_{label}.json").write_text(json.dumps(result, indent=1))
+    lines = [f"Table 1, CIFAR-10, {scale_text}; target = fixed's final accuracy "
+             f"({target:.4f})" if target is not None else "Table 1", "",
+             "| policy | iterations (paper) | final accuracy % (paper) | best % | "
+             f"iterations to fixed's final | % at {budget} iterations |",
+             "|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        paper_acc = "-" if run["paper_accuracy"] is None else f"{run['paper_accuracy']}"
+        reached = run["steps_to_fixed_final"]
+        lines.append(
+            f"| {name} | {run['steps']} ({run['paper_steps']}) | "
+            f"{100 * run['final_test_accuracy']:.1f} ({paper_acc}) | "
+            f"{100 * run['best_test_accuracy']:.1f} | "
+            f"{reached if reached is not None else 'not reached'} | "
+            f"{100 * run['accuracy_at_equal_budget']:.1f} |")
+    table = "\n".join(lines) + "\n"
+    (results_dir / f"table1_cifar10_{label}.md").write_text(table)
+    print(table)
+    figure = plotting._figure((8.0, 4.0))
+    ax = figure.add_subplot()
+    for name, run in runs.items():
+        ax.plot(run["eval_steps"], run["test_accuracy"], marker=".", label=name)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", label="fixed's final")
+    ax.set(xlabel="iteration", ylabel="test accuracy",
+           title=f"Table 1 policies on CIFAR-10 ({scale_text})")
+    ax.legend(fontsize="small")
+    plotting.save_figure(figure, images_dir / f"table1_cifar10_{label}.png")
+    return result
 
 
 if __name__ == "__main__":

@@ -416,3 +416,19 @@ class TestFastKernels:
         monkeypatch.setattr(models._CaffeConv, "__call__", nnx.Conv.__call__)
         plain = losses()
         np.testing.assert_allclose(fast, plain, rtol=1e-5)
+
+
+def test_batchnorm_model_trains_and_updates_its_statistics():
+    """Regression: BatchNorm statistics were mutated across trace levels (ResNet could
+    not train in the harness)."""
+    data = tiny_dataset(n_train=64, n_test=20, size=8)
+    config = TrainConfig(model="resnet20", optimizer="momentum", caffe_multipliers=False,
+                         batch_size=16, num_steps=2, eval_every=2, log_every=2,
+                         preprocess="standard")
+    trainer = Trainer(config, data, optax.constant_schedule(0.05))
+    state, losses = trainer.run_steps(trainer.initial_state, 0, 2)
+    assert np.isfinite(np.asarray(losses)).all()
+    before = jax.tree.leaves(trainer.initial_state["rest"])
+    after = jax.tree.leaves(state["rest"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    assert 0 <= trainer.evaluate(state)["test_accuracy"] <= 1

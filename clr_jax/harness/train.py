@@ -129,9 +129,10 @@ class Trainer:
                              else None)
         self.tx = self.make_tx(schedule)
         b = config.batch_size
+        # (rest is an argument, not a constant: BatchNorm updates its statistics)
         self.convolutional = _uses_convolution(
-            lambda p: self._loss(p, rest, jnp.zeros((b, *dataset.train_images.shape[1:])),
-                                 jnp.zeros((b,), jnp.int32))[0], params)
+            lambda p, r: self._loss(p, r, jnp.zeros((b, *dataset.train_images.shape[1:])),
+                                    jnp.zeros((b,), jnp.int32))[0], params, rest)
 
         self.mesh = self._make_mesh()
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -232,7 +233,7 @@ class Trainer:
 
     # -- steps -------------------------------------------------------------------------
     def _loss(self, params, rest, images, labels):
-        model = nnx.merge(self.graphdef, params, rest)
+        model = nnx.merge(self.graphdef, params, rest, copy=True)
         logits = model(images)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, nnx.state(model, nnx.Not(nnx.Param))

@@ -1,0 +1,82 @@
+"""Every experiment script runs end to end in a tiny configuration on the bundled sample,
+so the scripts cannot silently rot. (The real runs are minutes to hours; see
+experiments/README.md.)"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "experiments")}
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_figure3_range_test(tmp_path):
+    out = run("figure3_range_test.py", "--data", "sample", "--scale", "tiny", "--out-dir",
+              str(tmp_path), "--no-progress", cwd=tmp_path)
+    report = json.loads((tmp_path / "figure3_range_test_tiny.json").read_text())
+    assert report["paper_bounds"] == {"base_lr": 0.001, "max_lr": 0.006}
+    assert len(report["curve"]["learning_rates"]) == 8
+    assert (tmp_path / "figure3_range_test_tiny.png").stat().st_size > 0
+    assert "paper:" in out
+
+
+def test_table1(tmp_path):
+    run("table1_cifar10.py", "--data", "sample", "--scale", "0.0005", "--policies",
+        "fixed,triangular2,exp", "--out", str(tmp_path / "runs"), "--report-dir",
+        str(tmp_path), "--batch-size", "20", "--eval-every", "5", "--no-progress",
+        cwd=tmp_path)
+    report = json.loads((tmp_path / "table1_cifar10_0.0005.json").read_text())
+    fixed, tri = report["policies"]["fixed"], report["policies"]["triangular2"]
+    assert fixed["steps"] == 35 and tri["steps"] == 12  # 70,000 and 25,000 x 0.0005
+    assert report["equal_budget_steps"] == 12
+    assert report["target_fixed_final"] == fixed["final_test_accuracy"]
+    assert fixed["steps_to_fixed_final"] <= 35
+    assert (tmp_path / "table1_cifar10_0.0005.md").read_text().count("| ") > 3
+    # finished policies are not trained again; the report is rebuilt from their files
+    run("table1_cifar10.py", "--data", "sample", "--scale", "0.0005", "--policies", "fixed",
+        "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path), "--report-only",
+        cwd=tmp_path)
+
+
+def test_table3(tmp_path):
+    out = run("table3_optimizers.py", "--data", "sample", "--scale", "0.0002",
+              "--optimizers", "adam", "--out-dir", str(tmp_path), "--batch-size", "20",
+              "--no-progress", cwd=tmp_path)
+    report = json.loads((tmp_path / "table3_optimizers_0.0002.json").read_text())
+    row = report["rows"]["adam"]
+    assert row["bounds"] == [0.0005, 0.002]
+    assert row["triangular_at_25k"] is not None  # 25,000 x 0.0002 = step 5 was evaluated
+    assert "adam" in out
+
+
+@pytest.mark.parametrize("script, args", [
+    ("table4_resnet.py", ["--epochs", "0.05", "--batch-size", "20"]),
+])
+def test_table4(tmp_path, script, args):
+    run(script, "--data", "sample", *args, "--out-dir", str(tmp_path), "--no-progress",
+        cwd=tmp_path)
+    report = json.loads((tmp_path / "table4_resnet_resnet20_0.05ep.json").read_text())
+    assert set(report["members"]) == {"fixed 0.1", "CLR 0.1-0.3"}
+
+
+def test_caffe_cifar10_cpu(tmp_path):
+    run("caffe_cifar10_cpu.py", "--data", "sample", "--steps", "4", "--out",
+        str(tmp_path / "run"), cwd=tmp_path)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 4
+
+
+def test_range_test_cifar10_small(tmp_path):
+    run("range_test_cifar10_small.py", "--data", "sample", "--quick", "--out",
+        str(tmp_path / "r.json"), "--images", str(tmp_path), cwd=tmp_path)
+    assert (tmp_path / "r.json").exists()
