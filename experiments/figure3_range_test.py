@@ -44,6 +44,8 @@ def main(argv=None):
     parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"))
     parser.add_argument("--scale", choices=(*SCALES, "tiny"), default="cpu")
     parser.add_argument("--out-dir", type=Path, help="write results and figure here")
+    parser.add_argument("--model", default="caffe_cifar10",
+                        help="the paper's network; another only for smoke tests")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if not args.data:
@@ -56,7 +58,7 @@ def main(argv=None):
     eval_every = max(1, steps // 20)
     config = TrainConfig(num_steps=steps, eval_every=eval_every, log_every=eval_every,
                          shuffle=False, eval_batch_size=500 if args.scale != "tiny" else 100,
-                         batch_size=100 if args.scale != "tiny" else 20)
+                         batch_size=100 if args.scale != "tiny" else 20, model=args.model)
     started = time.perf_counter()
     result, bounds = run_range_test(config, dataset, run_dir, min_lr=1e-5, max_lr=0.02,
                                     num_steps=steps, mode="linear", eval_every=eval_every,

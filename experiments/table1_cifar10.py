@@ -81,6 +81,8 @@ def main(argv=None):
                         help="iterations between test evaluations (default: 1000 x scale)")
     parser.add_argument("--batch-size", type=int, default=100,
                         help="100 is the paper's; smaller only for smoke tests")
+    parser.add_argument("--model", default="caffe_cifar10",
+                        help="the paper's network; another only for smoke tests")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--report-only", action="store_true",
                         help="only collect finished policies into the result file")
@@ -106,7 +108,7 @@ def main(argv=None):
         config = TrainConfig(num_steps=steps, eval_every=eval_every, log_every=eval_every,
                              checkpoint_every=max(eval_every, round(5000 * args.scale)),
                              shuffle=False, eval_batch_size=500,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, model=args.model)
         folder = args.out / name
         resume = (folder / "checkpoints").exists() and not (folder / "summary.json").exists()
         if (folder / "summary.json").exists():

@@ -43,6 +43,8 @@ def main(argv=None):
     parser.add_argument("--optimizers", default=",".join(BOUNDS))
     parser.add_argument("--out-dir", type=os.path.abspath, default=str(RESULTS))
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--model", default="caffe_cifar10",
+                        help="the paper's network; another only for smoke tests")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if not args.data:
@@ -66,7 +68,7 @@ def main(argv=None):
         eval_every = s(1000)
         config = TrainConfig(optimizer=name, num_steps=s(70_000), eval_every=eval_every,
                              log_every=eval_every, checkpoint_every=max(eval_every, s(5000)),
-                             shuffle=False, batch_size=args.batch_size)
+                             shuffle=False, batch_size=args.batch_size, model=args.model)
         summary = run_sweep(config, dataset, members, out / f"table3_{args.scale}" / name,
                             not args.no_progress)
         fixed, tri = summary["members"]
