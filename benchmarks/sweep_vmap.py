@@ -21,8 +21,6 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import clr_jax
 from _report import ROOT, machine, update_section

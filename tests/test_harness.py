@@ -19,7 +19,7 @@ from clr_jax import cli
 from clr_jax.harness import models
 from clr_jax.harness.data import ImageDataset, load_dataset, load_image_folder
 from clr_jax.harness.optim import caffe_sgd, make_optimizer, multipliers_for
-from clr_jax.harness.train import TrainConfig, Trainer, fingerprint, train
+from clr_jax.harness.train import TrainConfig, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = Path(os.environ.get("CLR_JAX_CIFAR10",
@@ -98,7 +98,7 @@ class TestCaffeSGD:
         tx = caffe_sgd(lr, momentum=0.9, weight_decay=0.5, multipliers=mults)
         state = tx.init(params)
         g = {"a": jnp.array(1.0), "b": jnp.array(4.0)}
-        w, expected = dict(a=2.0, b=-1.0), []
+        w = dict(a=2.0, b=-1.0)
         v = dict(a=0.0, b=0.0)
         for t, rate in enumerate((0.1, 0.3)):
             for k, (lm, dm) in mults.items():
