@@ -224,6 +224,9 @@ class SweepTrainer(Trainer):
         self._dataset_shape = dataset.train_images.shape[1:]
         super().__init__(config, dataset, lambda step: 0.0)
         self.initial_state = self._initial_states(dataset.num_classes)
+        # placed once, not on every chunk of steps
+        self._chunk_params = [self.member_params(index) for index in self._chunk_slices()]
+        self._rates = jax.jit(jax.vmap(self.schedule_fn, (0, None)))
 
     # -- layout --------------------------------------------------------------------------
     def _make_mesh(self):
@@ -304,7 +307,7 @@ class SweepTrainer(Trainer):
 
     def learning_rates(self, step: int) -> np.ndarray:
         """Every member's rate at ``step``."""
-        return np.asarray(jax.vmap(self.schedule_fn, (0, None))(self._hp, jnp.int32(step)))
+        return np.asarray(self._rates(self._hp, jnp.int32(step)))
 
     # -- steps ---------------------------------------------------------------------------
     def _make_group(self, unroll: bool):
@@ -327,8 +330,7 @@ class SweepTrainer(Trainer):
         """Runs every chunk ``num_steps`` steps; returns the states and losses [steps, K]."""
         group = math.gcd(self.group, num_steps)
         new_states, losses = [], []
-        for state, index in zip(states, self._chunk_slices()):
-            hp = self.member_params(index)
+        for state, hp in zip(states, self._chunk_params):
             parts = []
             for start in range(first_step, first_step + num_steps, group):
                 state, part = self._run_group(state, hp, jnp.int32(start), group)
