@@ -10,7 +10,9 @@ times each, in one process. Variants:
 - max_pool_vjp: max pooling with the custom VJP (`models._max_pool_ceil`);
 - conv1_im2col: the 3-channel first convolution's kernel gradient as im2col products
   (`models._conv_few_channels`);
-- both: the committed model.
+- spectral: the 32-channel convolutions as products of spectra
+  (`models._conv_spectral`);
+- all: the committed model (every switch of `models.FAST_KERNELS` on).
 
 Writes benchmarks/results/caffe_kernels_<backend>.json and its RESULTS.md section.
 """
@@ -29,16 +31,22 @@ import clr_jax
 from _report import ROOT, machine, update_section
 from clr_jax.harness import models
 
-FAST_POOL, FAST_CALL = models._max_pool_ceil, models._CaffeConv.__call__
+VARIANTS = {
+    "plain": (),
+    "max_pool_vjp": ("max_pool",),
+    "conv1_im2col": ("conv_few_channels",),
+    "spectral": ("conv_spectral",),
+    "all": tuple(models.FAST_KERNELS),
+}
 
 
-def configure(pool: bool, conv: bool):
-    models._max_pool_ceil = FAST_POOL if pool else models._reduce_max
-    models._CaffeConv.__call__ = FAST_CALL if conv else nnx.Conv.__call__
+def configure(switches):
+    for name in models.FAST_KERNELS:
+        models.FAST_KERNELS[name] = name in switches
 
 
-def compiled_step(pool: bool, conv: bool):
-    configure(pool, conv)
+def compiled_step(switches):
+    configure(switches)
     model = models.CaffeCifar10(rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     tx = optax.sgd(0.001, momentum=0.9)
@@ -58,7 +66,7 @@ def compiled_step(pool: bool, conv: bool):
     opt = tx.init(params)
     out = step(params, opt)
     jax.block_until_ready(out)
-    configure(True, True)
+    configure(tuple(models.FAST_KERNELS))
     return step, params, opt, out[3]
 
 
@@ -66,9 +74,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
-    variants = {"plain": (False, False), "max_pool_vjp": (True, False),
-                "conv1_im2col": (False, True), "both": (True, True)}
-    built = {name: compiled_step(*flags) for name, flags in variants.items()}
+    built = {name: compiled_step(switches) for name, switches in VARIANTS.items()}
     reference = built["plain"][3]
     errors = {name: max(float(jnp.abs(a - b).max() / jnp.abs(b).max())
                         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(reference)))
