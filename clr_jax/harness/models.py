@@ -155,7 +155,7 @@ def _dft_tables(h: int, w: int, kh: int, kw: int) -> tuple[np.ndarray, ...]:
       inverse_h (L1, 2, h, 2): complex, along h (output rows 0..h-1 only);
       inverse_w (2, F2, w): half spectrum -> real row (weights of the Hermitian
         half, 1 / (L1 L2) included);
-      kernel (2, kh * kw, L1 * F2): the taps' phases; tap (d1, d2) of a "same"
+      phases (2, kh * kw, L1 * F2): the taps' phases; tap (d1, d2) of a "same"
         correlation sits at offset (d1 - kh // 2, d2 - kw // 2).
     """
     l1, l2 = h + kh - 1, w + kw - 1
@@ -179,8 +179,8 @@ def _dft_tables(h: int, w: int, kh: int, kw: int) -> tuple[np.ndarray, ...]:
     d1 = np.arange(kh)[:, None, None, None] - kh // 2
     d2 = np.arange(kw)[None, :, None, None] - kw // 2
     phase = 2 * np.pi * (np.arange(l1)[:, None] * d1 / l1 + np.arange(f2) * d2 / l2)
-    kernel = np.stack([np.cos(phase), np.sin(phase)]).reshape(2, kh * kw, l1 * f2)
-    return forward_w, forward_h, inverse_h, inverse_w, kernel
+    phases = np.stack([np.cos(phase), np.sin(phase)]).reshape(2, kh * kw, l1 * f2)
+    return forward_w, forward_h, inverse_h, inverse_w, phases
 
 
 def _conv_spectral(x: jax.Array, kernel: jax.Array) -> jax.Array:
