@@ -12,12 +12,16 @@ times each, in one process. Variants:
   (`models._conv_few_channels`);
 - spectral: the 32-channel convolutions as products of spectra
   (`models._conv_spectral`);
+- loop_emitters: the step compiled with XLA's older loop emitters
+  (`models.compiler_options`: ``xla_cpu_use_fusion_emitters=False``);
+- kernels: the three kernels above, XLA's default compilation;
 - all: the committed model (every switch of `models.FAST_KERNELS` on).
 
 Writes benchmarks/results/caffe_kernels_<backend>.json and its RESULTS.md section.
 """
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -36,6 +40,8 @@ VARIANTS = {
     "max_pool_vjp": ("max_pool",),
     "conv1_im2col": ("conv_few_channels",),
     "spectral": ("conv_spectral",),
+    "loop_emitters": ("loop_emitters",),
+    "kernels": ("max_pool", "conv_few_channels", "conv_spectral"),
     "all": tuple(models.FAST_KERNELS),
 }
 
@@ -57,7 +63,7 @@ def compiled_step(switches):
         logits = nnx.merge(graphdef, p)(x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=models.compiler_options(model))
     def step(p, o):
         value, grads = jax.value_and_grad(loss)(p)
         updates, o = tx.update(grads, o, p)

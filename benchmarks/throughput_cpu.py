@@ -116,7 +116,7 @@ def synthetic(trainer, steps):
                     "opt_state": opt_state}, loss
         return jax.lax.scan(body, state, (images, labels), unroll=True)
 
-    group = jax.jit(group)
+    group = jax.jit(group, compiler_options=trainer.compiler_options)
     state = {"state": trainer.initial_state}
 
     def run():

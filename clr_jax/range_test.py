@@ -14,6 +14,7 @@ Bounds are read from either result with `clr_jax.suggest_bounds`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import itertools
 import math
@@ -268,6 +269,7 @@ def range_test(
     diverge_threshold: float = 4.0,
     seed: int = 0,
     progress: bool = False,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> RangeTestResult:
     r"""Runs the LR range test: train while the learning rate rises, record the loss.
 
@@ -304,6 +306,9 @@ def range_test(
       seed: derives the per-step keys for a ``loss_fn`` that takes ``key``; the test
         is reproducible given the seed.
       progress: show a progress bar (needs tqdm).
+      compiler_options: XLA options for compiling the steps (``jax.jit``'s
+        ``compiler_options``), e.g. ``{"xla_cpu_use_fusion_emitters": False}``, which
+        the harness uses for the Caffe net on CPU.
 
     Returns:
       A `RangeTestResult`.
@@ -391,15 +396,16 @@ def range_test(
         iterator = itertools.chain([first_batch], iterator)
     group, unroll = _group_size(chunk, _uses_convolution(
         lambda p: loss_at(p, first_batch, jnp.int32(0)), params))
+    jit = functools.partial(jax.jit, compiler_options=compiler_options)
     if num_batches is not None:
-        @jax.jit
+        @jit
         def run_group(carry, all_batches):
             def body(c, _):
                 batch = jax.tree.map(lambda x: x[c[-1] % num_batches], all_batches)
                 return step(c, batch)
             return jax.lax.scan(body, carry, None, length=group, unroll=unroll)
     else:
-        @jax.jit
+        @jit
         def run_group(carry, group_batches):
             return jax.lax.scan(step, carry, group_batches, unroll=unroll)
 

@@ -424,6 +424,17 @@ class TestFastKernels:
         y = models._conv_spectral(x, kernel)[0, 2:7, 2:7, 0]
         np.testing.assert_allclose(y, kernel[::-1, ::-1, 0, 0], atol=1e-5)
 
+    def test_compiler_options_only_for_the_caffe_net_on_cpu(self, monkeypatch):
+        data = load_dataset("sample")
+        caffe = Trainer(TrainConfig(num_steps=2, batch_size=48), data,
+                        optax.constant_schedule(0.001))
+        assert caffe.compiler_options == {"xla_cpu_use_fusion_emitters": False}
+        mlp = Trainer(TrainConfig(model="mlp", caffe_multipliers=False, num_steps=2,
+                                  batch_size=48), data, optax.constant_schedule(0.001))
+        assert mlp.compiler_options is None
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        assert models.compiler_options(models.CaffeCifar10(rngs=nnx.Rngs(0))) is None
+
     def test_training_curve_matches_the_plain_kernels(self, monkeypatch):
         data = load_dataset("sample")
         config = TrainConfig(num_steps=8, eval_every=8, log_every=8, batch_size=48,

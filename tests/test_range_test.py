@@ -114,6 +114,16 @@ class TestMechanics:
         jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, params), before)
         np.testing.assert_array_equal(a.losses, b.losses)
 
+    def test_compiler_options_reach_the_compiler(self, batches):
+        kwargs = dict(min_lr=0.01, max_lr=0.5, num_steps=50)
+        plain = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, **kwargs)
+        legacy = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, **kwargs,
+                                    compiler_options={"xla_cpu_use_fusion_emitters": False})
+        np.testing.assert_allclose(legacy.losses, plain.losses, rtol=1e-5)
+        with pytest.raises(Exception, match="no_such_xla_option"):
+            clr_jax.range_test(loss_fn, jnp.zeros(5), batches, **kwargs,
+                               compiler_options={"no_such_xla_option": True})
+
     def test_iterable_batches_equal_stacked(self, batches):
         stacked = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.01, max_lr=0.5,
                                      num_steps=47)

@@ -63,7 +63,8 @@ def run_range_test(
     if eval_every:
         # The range test updates only the parameters, so BatchNorm running statistics
         # stay at their initial values: evaluate with batch statistics (train mode).
-        evaluate = jax.jit(trainer._make_eval(trainer.graphdef))
+        evaluate = jax.jit(trainer._make_eval(trainer.graphdef),
+                           compiler_options=trainer.compiler_options)
 
         def eval_fn(params):
             metrics = evaluate(params, state["rest"])
@@ -75,7 +76,8 @@ def run_range_test(
     result = clr_jax.range_test(loss_fn, state["params"], indices, min_lr=min_lr,
                                 max_lr=max_lr, num_steps=num_steps, optimizer=optimizer,
                                 mode=mode, eval_fn=eval_fn, eval_every=eval_every,
-                                seed=config.seed, progress=progress)
+                                seed=config.seed, progress=progress,
+                                compiler_options=trainer.compiler_options)
     seconds = time.perf_counter() - started
     bounds = []
     for method in methods:

@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from clr_jax import _validation as v
 from clr_jax._io import write_json
 from clr_jax.harness.data import ImageDataset
-from clr_jax.harness.models import CAFFE_MULTIPLIERS, build_model
+from clr_jax.harness.models import CAFFE_MULTIPLIERS, build_model, compiler_options
 from clr_jax.harness.optim import make_optimizer, multipliers_for
 from clr_jax.range_test import _group_size, _uses_convolution
 
@@ -167,10 +167,12 @@ class Trainer:
 
         self.chunk = _chunk_length(config)
         self.group, unroll = _group_size(self.chunk, self.convolutional)
+        self.compiler_options = compiler_options(model)
         # No buffer donation: an interrupt between groups must still find the state
         # of the last finished chunk intact, to checkpoint it.
-        self._run_group = jax.jit(self._make_group(unroll), static_argnames="group")
-        self._evaluate = jax.jit(self._make_eval())
+        self._run_group = jax.jit(self._make_group(unroll), static_argnames="group",
+                                  compiler_options=self.compiler_options)
+        self._evaluate = jax.jit(self._make_eval(), compiler_options=self.compiler_options)
 
     def _make_mesh(self) -> jax.sharding.Mesh:
         return jax.make_mesh((jax.device_count(),), ("data",),
