@@ -499,6 +499,7 @@ def parallel_range_test(
     diverge_threshold: float = 4.0,
     vectorize: bool | None = None,
     progress: bool = False,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> ParallelRangeTestResult:
     """Trains K copies at K fixed learning rates at once, in one vmapped program.
 
@@ -530,6 +531,7 @@ def parallel_range_test(
       vectorize: vmap the members into one program (True) or run them one after
         another (False); by default True except on CPU.
       progress: show a progress bar (needs tqdm).
+      compiler_options: XLA options for compiling the steps, as in `range_test`.
 
     Returns:
       A `ParallelRangeTestResult`.
@@ -608,11 +610,12 @@ def parallel_range_test(
 
     lrs = jnp.asarray(rates, jnp.float32)
     seeds_array = jnp.asarray(seeds, jnp.uint32)
+    jit = functools.partial(jax.jit, compiler_options=compiler_options)
     if vectorize is None:
         vectorize = jax.default_backend() != "cpu"
     if vectorize:
         def both(f, in_axes):  # vmap over rates (inner) and seeds (outer)
-            return jax.jit(jax.vmap(jax.vmap(f, in_axes=in_axes[0]), in_axes=in_axes[1]))
+            return jit(jax.vmap(jax.vmap(f, in_axes=in_axes[0]), in_axes=in_axes[1]))
 
         carry = both(start, ((0, None), (None, 0)))(lrs, seeds_array)
         run_group = both(advance, ((0, 0, None), (None, 0, None)))
@@ -631,7 +634,7 @@ def parallel_range_test(
         # XLA's CPU backend turns vmapped convolutions into grouped convolutions that
         # ran slower than separate runs (benchmarks/RESULTS.md), so on CPU the members
         # run one after another through the same compiled functions.
-        start_j, advance_j, finish_j = jax.jit(start), jax.jit(advance), jax.jit(finish)
+        start_j, advance_j, finish_j = jit(start), jit(advance), jit(finish)
         rows, metric_rows = [], []
         bar = _progress(seeds_array.size * lrs.size * num_groups * group,
                         "parallel range test", progress)

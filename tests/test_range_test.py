@@ -284,6 +284,18 @@ class TestParallel:
                 losses.append(float(loss))
             np.testing.assert_allclose(r.losses[0, k], losses, rtol=1e-5)
 
+    @pytest.mark.parametrize("vectorize", [False, True])
+    def test_compiler_options_reach_the_compiler(self, batches, vectorize):
+        kwargs = dict(learning_rates=[0.05, 0.3], num_steps=10, vectorize=vectorize)
+        plain = clr_jax.parallel_range_test(loss_fn, jnp.zeros(5), batches, **kwargs)
+        legacy = clr_jax.parallel_range_test(
+            loss_fn, jnp.zeros(5), batches, **kwargs,
+            compiler_options={"xla_cpu_use_fusion_emitters": False})
+        np.testing.assert_allclose(legacy.losses, plain.losses, rtol=1e-5)
+        with pytest.raises(Exception, match="no_such_xla_option"):
+            clr_jax.parallel_range_test(loss_fn, jnp.zeros(5), batches, **kwargs,
+                                        compiler_options={"no_such_xla_option": True})
+
     @pytest.mark.parametrize("method", ["steepest", "valley", "minimum", "paper_peak"])
     def test_suggestions(self, result, method):
         b = clr_jax.suggest_bounds(result, method)
