@@ -352,11 +352,10 @@ def compiler_options(model: nnx.Module) -> dict[str, Any] | None:
     """XLA compiler options for ``model``'s compiled steps on the current backend.
 
     The Caffe net on CPU compiles with XLA's older loop emitters
-    (``xla_cpu_use_fusion_emitters=False``): its pooling, LRN and elementwise fusions
-    run faster that way, ~0.92 of the training step's time, while ResNet-20 runs
-    ~1.03x slower, so it is not a global setting (benchmarks/RESULTS.md). The results
-    are the same (the emitters generate the same arithmetic). None for every other
-    model and backend.
+    (``xla_cpu_use_fusion_emitters=False``): its training step takes ~0.93 of the
+    time with XLA's default emitters, while ResNet-20's takes ~1.03x, so it is a
+    per-model setting (benchmarks/compiler_options_cpu.py). The losses agree to all
+    printed digits. None for every other model and backend.
     """
     if (isinstance(model, CaffeCifar10) and jax.default_backend() == "cpu"
             and FAST_KERNELS["loop_emitters"]):

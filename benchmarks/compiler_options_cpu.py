@@ -1,0 +1,122 @@
+"""Which models train faster with XLA's older CPU loop emitters: one training step, A/B.
+
+    python benchmarks/compiler_options_cpu.py [--rounds 8]
+
+For each harness model (the paper's Caffe network, ResNet-20, the MLP), one SGD step
+with momentum (forward, gradient, update; batch 100, float32, the bundled CIFAR-10
+sample) compiled twice: with XLA's default options, and with
+``xla_cpu_use_fusion_emitters=False`` (the older loop emitters). The two are timed in
+alternation, `--rounds` times, 4 steps per timing, in one process. This is the
+measurement behind `clr_jax.harness.models.compiler_options`, which applies the option
+only where it is faster. The Caffe network uses its committed CPU kernels.
+
+Writes benchmarks/results/compiler_options_<backend>.json and its RESULTS.md section.
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import clr_jax
+from _report import ROOT, machine, update_section
+from clr_jax.harness.data import load_dataset
+from clr_jax.harness.models import build_model
+
+LOOP_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+STEPS_PER_TIMING = 4
+
+
+def steps(name, images, labels):
+    model = build_model(name, 10, images.shape[1:])
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.sgd(0.001, momentum=0.9)
+
+    def loss(p):
+        logits = nnx.merge(graphdef, p, rest, copy=True)(images)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    def step(p, o):
+        value, grads = jax.value_and_grad(loss)(p)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, value
+
+    opt = tx.init(params)
+    compiled = {"default": jax.jit(step), "loop_emitters": jax.jit(
+        step, compiler_options=LOOP_EMITTERS)}
+    losses = {}
+    for variant, fn in compiled.items():
+        p, o = params, opt
+        for _ in range(STEPS_PER_TIMING):  # compile, and the loss after 4 steps
+            p, o, value = fn(p, o)
+        losses[variant] = float(value)
+
+    def run(fn):
+        p, o = params, opt
+        for _ in range(STEPS_PER_TIMING):
+            p, o, value = fn(p, o)
+        jax.block_until_ready(value)
+
+    return compiled, losses, run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--models", default="caffe_cifar10,resnet20,mlp")
+    args = parser.parse_args()
+    data = load_dataset("sample")
+    images = jnp.asarray(data.train_images[:100], jnp.float32)
+    images = (images - images.mean(0)) / 64
+    labels = jnp.asarray(data.train_labels[:100])
+    rows = {}
+    for name in args.models.split(","):
+        compiled, losses, run = steps(name, images, labels)
+        times = {variant: [] for variant in compiled}
+        for _ in range(args.rounds):
+            for variant, fn in compiled.items():
+                started = time.perf_counter()
+                run(fn)
+                times[variant].append((time.perf_counter() - started) / STEPS_PER_TIMING)
+        rows[name] = {
+            "default_median_seconds": statistics.median(times["default"]),
+            "loop_emitters_median_seconds": statistics.median(times["loop_emitters"]),
+            "ratio_median": statistics.median(
+                [a / b for a, b in zip(times["loop_emitters"], times["default"])]),
+            "ratio_min": min(a / b for a, b in zip(times["loop_emitters"], times["default"])),
+            "ratio_max": max(a / b for a, b in zip(times["loop_emitters"], times["default"])),
+            "loss_after_4_steps": losses,
+        }
+        print(name, json.dumps(rows[name]), flush=True)
+    result = {"benchmark": "compiler_options", "rounds": args.rounds, "batch_size": 100,
+              "option": LOOP_EMITTERS, "machine": machine(), "clr_jax": clr_jax.__version__,
+              "models": rows}
+    backend = jax.default_backend()
+    path = ROOT / "results" / f"compiler_options_{backend}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    m = result["machine"]
+    md = [f"## XLA's older loop emitters, per model ({backend})", "",
+          f"`python benchmarks/compiler_options_cpu.py --rounds {args.rounds}` → "
+          f"`results/{path.name}`", "",
+          f"One SGD step, batch 100, float32; {m['cpu']} ({m['cores']} cores), jax "
+          f"{m['jax']}; default compilation and `xla_cpu_use_fusion_emitters=False` "
+          f"alternated {args.rounds} times. `models.compiler_options` applies the option "
+          "to the models where it is faster.", "",
+          "| model | default step (ms) | loop emitters / default (median of pairs) | "
+          "range | loss after 4 steps: default, loop emitters |", "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        loss = row["loss_after_4_steps"]
+        md.append(f"| {name} | {1000 * row['default_median_seconds']:.1f} | "
+                  f"{row['ratio_median']:.3f} | {row['ratio_min']:.3f}-{row['ratio_max']:.3f} "
+                  f"| {loss['default']:.6f}, {loss['loop_emitters']:.6f} |")
+    update_section(f"compiler_options_{backend}", "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
