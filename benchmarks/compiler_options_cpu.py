@@ -10,6 +10,11 @@ alternation, `--rounds` times, 4 steps per timing, in one process. This is the
 measurement behind `clr_jax.harness.models.compiler_options`, which applies the option
 only where it is faster. The Caffe network uses its committed CPU kernels.
 
+Also the compile time of the harness's unrolled group of 16 Caffe-network steps both
+ways, and the run length after which the faster steps pay for the longer compile
+(extra compile seconds / seconds saved per step): the basis of
+`models.LOOP_EMITTERS_MIN_STEPS`.
+
 Writes benchmarks/results/compiler_options_<backend>.json and its RESULTS.md section.
 """
 
@@ -27,6 +32,7 @@ import clr_jax
 from _report import ROOT, machine, update_section
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.models import build_model
+from clr_jax.harness.train import TrainConfig, Trainer
 
 LOOP_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 STEPS_PER_TIMING = 4
@@ -65,6 +71,21 @@ def steps(name, images, labels):
     return compiled, losses, run
 
 
+def group_compile_seconds():
+    """Seconds to compile the harness's group of Caffe-network steps, both ways."""
+    trainer = Trainer(TrainConfig(num_steps=70_000, eval_every=16, log_every=16),
+                      load_dataset("sample"), optax.constant_schedule(0.001))
+    fn = trainer._make_group(True)
+    seconds = {"group": trainer.group}
+    for variant, options in (("default", None), ("loop_emitters", LOOP_EMITTERS)):
+        lowered = jax.jit(fn, static_argnames="group", compiler_options=options).lower(
+            trainer.initial_state, jnp.int32(0), trainer.group)
+        started = time.perf_counter()
+        lowered.compile()
+        seconds[variant] = time.perf_counter() - started
+    return seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=8)
@@ -93,7 +114,16 @@ def main():
             "loss_after_4_steps": losses,
         }
         print(name, json.dumps(rows[name]), flush=True)
+    compile_seconds = group_compile_seconds() if "caffe_cifar10" in rows else None
+    if compile_seconds:
+        row = rows["caffe_cifar10"]
+        saved = row["default_median_seconds"] - row["loop_emitters_median_seconds"]
+        compile_seconds["break_even_steps"] = (
+            (compile_seconds["loop_emitters"] - compile_seconds["default"]) / saved
+            if saved > 0 else None)
+        print("compile", json.dumps(compile_seconds), flush=True)
     result = {"benchmark": "compiler_options", "rounds": args.rounds, "batch_size": 100,
+              "caffe_group_compile_seconds": compile_seconds,
               "option": LOOP_EMITTERS, "machine": machine(), "clr_jax": clr_jax.__version__,
               "models": rows}
     backend = jax.default_backend()
@@ -114,6 +144,13 @@ def main():
         md.append(f"| {name} | {1000 * row['default_median_seconds']:.1f} | "
                   f"{row['ratio_median']:.3f} | {row['ratio_min']:.3f}-{row['ratio_max']:.3f} "
                   f"| {loss['default']:.6f}, {loss['loop_emitters']:.6f} |")
+    if compile_seconds:
+        even = compile_seconds["break_even_steps"]
+        md += ["", f"Compiling the harness's group of {compile_seconds['group']} Caffe-network "
+               f"steps: {compile_seconds['default']:.1f} s by default, "
+               f"{compile_seconds['loop_emitters']:.1f} s with the loop emitters; the faster "
+               "steps repay the difference after "
+               + (f"~{even:.0f} steps." if even else "no number of steps.")]
     update_section(f"compiler_options_{backend}", "\n".join(md))
     print("\n".join(md))
 

@@ -84,7 +84,9 @@ def torch_loop(steps_per_call):
 
 def harness(schedule, steps):
     data = load_dataset("sample")
-    config = TrainConfig(num_steps=10 * steps, eval_every=steps, log_every=steps,
+    # A paper-length run (its fixed-rate run has 70,000 steps); the length decides
+    # `models.compiler_options`. Only `steps` at a time are run here.
+    config = TrainConfig(num_steps=70_000, eval_every=steps, log_every=steps,
                          shuffle=False)
     trainer = Trainer(config, data, schedule)
     state = {"state": trainer.initial_state, "step": 0}

@@ -424,12 +424,14 @@ class TestFastKernels:
         y = models._conv_spectral(x, kernel)[0, 2:7, 2:7, 0]
         np.testing.assert_allclose(y, kernel[::-1, ::-1, 0, 0], atol=1e-5)
 
-    def test_compiler_options_only_for_the_caffe_net_on_cpu(self, monkeypatch):
+    def test_compiler_options_only_for_long_caffe_runs_on_cpu(self, monkeypatch):
         data = load_dataset("sample")
-        caffe = Trainer(TrainConfig(num_steps=2, batch_size=48), data,
+        long = models.LOOP_EMITTERS_MIN_STEPS
+        caffe = Trainer(TrainConfig(num_steps=long, batch_size=48), data,
                         optax.constant_schedule(0.001))
         assert caffe.compiler_options == {"xla_cpu_use_fusion_emitters": False}
-        mlp = Trainer(TrainConfig(model="mlp", caffe_multipliers=False, num_steps=2,
+        assert caffe.compiler_options_for(long - 1) is None
+        mlp = Trainer(TrainConfig(model="mlp", caffe_multipliers=False, num_steps=long,
                                   batch_size=48), data, optax.constant_schedule(0.001))
         assert mlp.compiler_options is None
         monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
@@ -445,6 +447,7 @@ class TestFastKernels:
             trainer = Trainer(config, data, schedule)
             return np.asarray(trainer.run_steps(trainer.initial_state, 0, 8)[1])
 
+        monkeypatch.setattr(models, "LOOP_EMITTERS_MIN_STEPS", 0)
         fast = losses()
         monkeypatch.setattr(models, "FAST_KERNELS", dict.fromkeys(models.FAST_KERNELS, False))
         plain = losses()

@@ -64,7 +64,7 @@ def run_range_test(
         # The range test updates only the parameters, so BatchNorm running statistics
         # stay at their initial values: evaluate with batch statistics (train mode).
         evaluate = jax.jit(trainer._make_eval(trainer.graphdef),
-                           compiler_options=trainer.compiler_options)
+                           compiler_options=trainer.compiler_options_for(num_steps))
 
         def eval_fn(params):
             metrics = evaluate(params, state["rest"])
@@ -77,7 +77,7 @@ def run_range_test(
                                 max_lr=max_lr, num_steps=num_steps, optimizer=optimizer,
                                 mode=mode, eval_fn=eval_fn, eval_every=eval_every,
                                 seed=config.seed, progress=progress,
-                                compiler_options=trainer.compiler_options)
+                                compiler_options=trainer.compiler_options_for(num_steps))
     seconds = time.perf_counter() - started
     bounds = []
     for method in methods:

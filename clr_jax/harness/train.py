@@ -167,12 +167,18 @@ class Trainer:
 
         self.chunk = _chunk_length(config)
         self.group, unroll = _group_size(self.chunk, self.convolutional)
-        self.compiler_options = compiler_options(model)
+        self._model = model
+        self.compiler_options = self.compiler_options_for(config.num_steps)
         # No buffer donation: an interrupt between groups must still find the state
         # of the last finished chunk intact, to checkpoint it.
         self._run_group = jax.jit(self._make_group(unroll), static_argnames="group",
                                   compiler_options=self.compiler_options)
         self._evaluate = jax.jit(self._make_eval(), compiler_options=self.compiler_options)
+
+    def compiler_options_for(self, num_steps: int) -> dict | None:
+        """XLA compiler options for a run of ``num_steps`` steps of this model
+        (`clr_jax.harness.models.compiler_options`)."""
+        return compiler_options(self._model, num_steps)
 
     def _make_mesh(self) -> jax.sharding.Mesh:
         return jax.make_mesh((jax.device_count(),), ("data",),
