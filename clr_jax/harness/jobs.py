@@ -59,12 +59,12 @@ def run_range_test(
         return trainer._loss(params, state["rest"], images,
                              trainer.train_labels[batch["index"]])[0]
 
+    options = trainer.compiler_options_for(num_steps)
     eval_fn = None
     if eval_every:
         # The range test updates only the parameters, so BatchNorm running statistics
         # stay at their initial values: evaluate with batch statistics (train mode).
-        evaluate = jax.jit(trainer._make_eval(trainer.graphdef),
-                           compiler_options=trainer.compiler_options_for(num_steps))
+        evaluate = jax.jit(trainer._make_eval(trainer.graphdef), compiler_options=options)
 
         def eval_fn(params):
             metrics = evaluate(params, state["rest"])
@@ -77,7 +77,7 @@ def run_range_test(
                                 max_lr=max_lr, num_steps=num_steps, optimizer=optimizer,
                                 mode=mode, eval_fn=eval_fn, eval_every=eval_every,
                                 seed=config.seed, progress=progress,
-                                compiler_options=trainer.compiler_options_for(num_steps))
+                                compiler_options=options)
     seconds = time.perf_counter() - started
     bounds = []
     for method in methods:
