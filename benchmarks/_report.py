@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts: machine description and RESULTS.md sections."""
 
+import json
 import os
 import platform
 import re
@@ -25,6 +26,13 @@ def machine() -> dict:
             "backend": jax.default_backend(), "devices": jax.device_count(),
             "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
             "python": platform.python_version()}
+
+
+def write_result(name: str, result: dict):
+    """Writes ``result`` to results/<name>_<backend>.json; returns the path."""
+    path = ROOT / "results" / f"{name}_{jax.default_backend()}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
 
 
 def update_section(name: str, markdown: str) -> None:

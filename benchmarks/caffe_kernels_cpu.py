@@ -22,7 +22,6 @@ Writes benchmarks/results/caffe_kernels_<backend>.json and its RESULTS.md sectio
 
 import argparse
 import functools
-import json
 import statistics
 import time
 
@@ -32,7 +31,7 @@ import optax
 from flax import nnx
 
 import clr_jax
-from _report import ROOT, machine, update_section
+from _report import machine, update_section, write_result
 from clr_jax.harness import models
 
 VARIANTS = {
@@ -99,8 +98,7 @@ def main():
     result = {"benchmark": "caffe_kernels", "rounds": args.rounds, "batch_size": 100,
               "machine": machine(), "clr_jax": clr_jax.__version__, "variants": rows}
     backend = jax.default_backend()
-    path = ROOT / "results" / f"caffe_kernels_{backend}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_result("caffe_kernels", result)
     m = result["machine"]
     md = [f"## Caffe network kernels ({backend})", "",
           f"`python benchmarks/caffe_kernels_cpu.py --rounds {args.rounds}` → "

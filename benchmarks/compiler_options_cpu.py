@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 
 import clr_jax
-from _report import ROOT, machine, update_section
+from _report import machine, update_section, write_result
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.models import build_model
 from clr_jax.harness.train import TrainConfig, Trainer
@@ -127,8 +127,7 @@ def main():
               "option": LOOP_EMITTERS, "machine": machine(), "clr_jax": clr_jax.__version__,
               "models": rows}
     backend = jax.default_backend()
-    path = ROOT / "results" / f"compiler_options_{backend}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_result("compiler_options", result)
     m = result["machine"]
     md = [f"## XLA's older loop emitters, per model ({backend})", "",
           f"`python benchmarks/compiler_options_cpu.py --rounds {args.rounds}` → "

@@ -71,7 +71,7 @@ def main():
         return child(args.child)
     import jax
 
-    from _report import ROOT, machine, update_section
+    from _report import machine, update_section, write_result
 
     cores = len(os.sched_getaffinity(0))
     one, all_ = [], []
@@ -86,8 +86,7 @@ def main():
     result = {"benchmark": "cpu_threads", "repeats": args.repeats, "cores": cores,
               "machine": machine(), "operations": rows}
     backend = jax.default_backend()
-    path = ROOT / "results" / f"cpu_threads_{backend}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_result("cpu_threads", result)
     m = result["machine"]
     md = [f"## What the second core buys each kind of operation ({backend})", "",
           f"`python benchmarks/cpu_threads.py --repeats {args.repeats}` → "

@@ -23,7 +23,7 @@ import time
 import jax
 
 import clr_jax
-from _report import ROOT, machine, update_section
+from _report import machine, update_section, write_result
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.sweep import Member, SweepTrainer
 from clr_jax.harness.train import TrainConfig, Trainer
@@ -83,8 +83,7 @@ def main():
     result = {"benchmark": "sweep_vmap", "model": args.model, "batch_size": 100,
               "steps": args.steps, "machine": machine(), "clr_jax": clr_jax.__version__,
               "rows": rows, "note": "[wall incl. compilation, steady state] in seconds"}
-    path = ROOT / "results" / f"sweep_vmap_{backend}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_result("sweep_vmap", result)
 
     m = result["machine"]
     lines = [

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 import clr_jax
-from _report import ROOT, machine, update_section
+from _report import machine, update_section, write_result
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.train import TrainConfig, Trainer
 
@@ -191,8 +191,7 @@ def main():
         "fraction_of_peak": flops * jax_images / peak,
     }
     backend = jax.default_backend()
-    path = ROOT / "results" / f"throughput_{backend}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_result("throughput", result)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
     m = result["machine"]
     md = [
