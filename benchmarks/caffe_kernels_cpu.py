@@ -6,16 +6,18 @@ One SGD step (forward, gradient, momentum update) of the paper's network, batch 
 float32, compiled once per variant; the variants are timed in alternation, `--rounds`
 times each, in one process. Variants:
 
-- plain: `reduce_window` max pooling differentiated by JAX, `lax.conv` everywhere;
+- plain: `reduce_window` max pooling differentiated by JAX, `lax.conv` everywhere, LRN
+  with `**`, XLA's default compilation;
 - max_pool_vjp: max pooling with the custom VJP (`models._max_pool_ceil`);
-- conv1_im2col: the 3-channel first convolution's kernel gradient as im2col products
-  (`models._conv_few_channels`);
 - spectral: the 32-channel convolutions as products of spectra
   (`models._conv_spectral`);
-- loop_emitters: the step compiled with XLA's older loop emitters
-  (`models.compiler_options`: ``xla_cpu_use_fusion_emitters=False``);
+- lrn_sqrt: LRN's power -0.75 as two square roots (`models._lrn_within_channel`);
+- ynn_reductions_only: only reductions left to YNNPACK, convolutions and matrix
+  products through XLA's Eigen kernels (`models.YNN_REDUCTIONS_ONLY`);
+- loop_emitters: XLA's older loop emitters (``xla_cpu_use_fusion_emitters=False``);
 - kernels: the three kernels above, XLA's default compilation;
-- all: the committed model (every switch of `models.FAST_KERNELS` on).
+- all: the committed model and options (every switch of `models.FAST_KERNELS` on;
+  `models.compiler_options` of a long run).
 
 Writes benchmarks/results/caffe_kernels_<backend>.json and its RESULTS.md section.
 """
@@ -37,10 +39,11 @@ from clr_jax.harness import models
 VARIANTS = {
     "plain": (),
     "max_pool_vjp": ("max_pool",),
-    "conv1_im2col": ("conv_few_channels",),
     "spectral": ("conv_spectral",),
+    "lrn_sqrt": ("lrn_sqrt",),
+    "ynn_reductions_only": ("ynn_reductions_only",),
     "loop_emitters": ("loop_emitters",),
-    "kernels": ("max_pool", "conv_few_channels", "conv_spectral"),
+    "kernels": ("max_pool", "conv_spectral", "lrn_sqrt"),
     "all": tuple(models.FAST_KERNELS),
 }
 

@@ -1,19 +1,21 @@
-"""Which models train faster with XLA's older CPU loop emitters: one training step, A/B.
+"""Which XLA CPU compiler options make each harness model train faster: one step, A/B.
 
     python benchmarks/compiler_options_cpu.py [--rounds 8]
 
 For each harness model (the paper's Caffe network, ResNet-20, the MLP), one SGD step
 with momentum (forward, gradient, update; batch 100, float32, the bundled CIFAR-10
-sample) compiled twice: with XLA's default options, and with
-``xla_cpu_use_fusion_emitters=False`` (the older loop emitters). The two are timed in
-alternation, `--rounds` times, 4 steps per timing, in one process. This is the
-measurement behind `clr_jax.harness.models.compiler_options`, which applies the option
-only where it is faster. The Caffe network uses its committed CPU kernels.
+sample) compiled four ways: with XLA's default options; with only reductions left to
+YNNPACK (``models.YNN_REDUCTIONS_ONLY``: convolutions and matrix products through XLA's
+own Eigen kernels); with XLA's older loop emitters (``xla_cpu_use_fusion_emitters=False``);
+and with both. They are timed in alternation, `--rounds` times, 4 steps per timing, in
+one process. This is the measurement behind `clr_jax.harness.models.compiler_options`,
+which applies an option only to the models it makes faster. The Caffe network uses its
+committed CPU kernels.
 
-Also the compile time of the harness's unrolled group of 16 Caffe-network steps both
-ways, and the run length after which the faster steps pay for the longer compile
-(extra compile seconds / seconds saved per step): the basis of
-`models.LOOP_EMITTERS_MIN_STEPS`.
+Also the compile time of the harness's unrolled group of 16 Caffe-network steps with
+reductions only in YNNPACK, with and without the loop emitters, and the run length after
+which the faster steps pay for the longer compile (extra compile seconds / seconds saved
+per step): the basis of `models.LOOP_EMITTERS_MIN_STEPS`.
 
 Writes benchmarks/results/compiler_options_<backend>.json and its RESULTS.md section.
 """
@@ -31,10 +33,12 @@ from flax import nnx
 import clr_jax
 from _report import machine, update_section, write_result
 from clr_jax.harness.data import load_dataset
-from clr_jax.harness.models import build_model
+from clr_jax.harness.models import YNN_REDUCTIONS_ONLY, build_model
 from clr_jax.harness.train import TrainConfig, Trainer
 
 LOOP_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+VARIANTS = {"default": None, "ynn_reductions_only": YNN_REDUCTIONS_ONLY,
+            "loop_emitters": LOOP_EMITTERS, "both": {**YNN_REDUCTIONS_ONLY, **LOOP_EMITTERS}}
 STEPS_PER_TIMING = 4
 
 
@@ -53,8 +57,8 @@ def steps(name, images, labels):
         return optax.apply_updates(p, updates), o, value
 
     opt = tx.init(params)
-    compiled = {"default": jax.jit(step), "loop_emitters": jax.jit(
-        step, compiler_options=LOOP_EMITTERS)}
+    compiled = {variant: jax.jit(step, compiler_options=options)
+                for variant, options in VARIANTS.items()}
     losses = {}
     for variant, fn in compiled.items():
         p, o = params, opt
@@ -72,13 +76,15 @@ def steps(name, images, labels):
 
 
 def group_compile_seconds():
-    """Seconds to compile the harness's group of Caffe-network steps, both ways."""
+    """Seconds to compile the harness's group of Caffe-network steps, with reductions
+    only in YNNPACK, without and with the loop emitters."""
     trainer = Trainer(TrainConfig(num_steps=70_000, eval_every=16, log_every=16),
                       load_dataset("sample"), optax.constant_schedule(0.001))
     fn = trainer._make_group(True)
     seconds = {"group": trainer.group}
-    for variant, options in (("default", None), ("loop_emitters", LOOP_EMITTERS)):
-        lowered = jax.jit(fn, static_argnames="group", compiler_options=options).lower(
+    for variant in ("ynn_reductions_only", "both"):
+        lowered = jax.jit(fn, static_argnames="group",
+                          compiler_options=VARIANTS[variant]).lower(
             trainer.initial_state, jnp.int32(0), trainer.group)
         started = time.perf_counter()
         lowered.compile()
@@ -104,50 +110,51 @@ def main():
                 started = time.perf_counter()
                 run(fn)
                 times[variant].append((time.perf_counter() - started) / STEPS_PER_TIMING)
-        rows[name] = {
-            "default_median_seconds": statistics.median(times["default"]),
-            "loop_emitters_median_seconds": statistics.median(times["loop_emitters"]),
-            "ratio_median": statistics.median(
-                [a / b for a, b in zip(times["loop_emitters"], times["default"])]),
-            "ratio_min": min(a / b for a, b in zip(times["loop_emitters"], times["default"])),
-            "ratio_max": max(a / b for a, b in zip(times["loop_emitters"], times["default"])),
-            "loss_after_4_steps": losses,
-        }
+        rows[name] = {"median_seconds": {v: statistics.median(t) for v, t in times.items()},
+                      "loss_after_4_steps": losses}
+        for variant in VARIANTS:
+            ratios = [a / b for a, b in zip(times[variant], times["default"])]
+            rows[name][variant] = {"ratio_median": statistics.median(ratios),
+                                   "ratio_min": min(ratios), "ratio_max": max(ratios)}
         print(name, json.dumps(rows[name]), flush=True)
     compile_seconds = group_compile_seconds() if "caffe_cifar10" in rows else None
     if compile_seconds:
-        row = rows["caffe_cifar10"]
-        saved = row["default_median_seconds"] - row["loop_emitters_median_seconds"]
+        seconds = rows["caffe_cifar10"]["median_seconds"]
+        saved = seconds["ynn_reductions_only"] - seconds["both"]
         compile_seconds["break_even_steps"] = (
-            (compile_seconds["loop_emitters"] - compile_seconds["default"]) / saved
+            (compile_seconds["both"] - compile_seconds["ynn_reductions_only"]) / saved
             if saved > 0 else None)
         print("compile", json.dumps(compile_seconds), flush=True)
     result = {"benchmark": "compiler_options", "rounds": args.rounds, "batch_size": 100,
               "caffe_group_compile_seconds": compile_seconds,
-              "option": LOOP_EMITTERS, "machine": machine(), "clr_jax": clr_jax.__version__,
+              "options": VARIANTS, "machine": machine(), "clr_jax": clr_jax.__version__,
               "models": rows}
     backend = jax.default_backend()
     path = write_result("compiler_options", result)
     m = result["machine"]
-    md = [f"## XLA's older loop emitters, per model ({backend})", "",
+    md = [f"## XLA compiler options, per model ({backend})", "",
           f"`python benchmarks/compiler_options_cpu.py --rounds {args.rounds}` → "
           f"`results/{path.name}`", "",
           f"One SGD step, batch 100, float32; {m['cpu']} ({m['cores']} cores), jax "
-          f"{m['jax']}; default compilation and `xla_cpu_use_fusion_emitters=False` "
-          f"alternated {args.rounds} times. `models.compiler_options` applies the option "
-          "to the models where it is faster.", "",
-          "| model | default step (ms) | loop emitters / default (median of pairs) | "
-          "range | loss after 4 steps: default, loop emitters |", "|---|---|---|---|---|"]
+          f"{m['jax']}; four compilations alternated {args.rounds} times: XLA's default, "
+          "only reductions in YNNPACK (`models.YNN_REDUCTIONS_ONLY`), the older loop "
+          "emitters (`xla_cpu_use_fusion_emitters=False`), and both. "
+          "`models.compiler_options` applies each option to the models where it is "
+          "faster. Ratios are step time / default step time (median of pairs, range).", "",
+          "| model | default step (ms) | reductions only in YNNPACK | loop emitters | both "
+          "| loss after 4 steps: default, both |", "|---|---|---|---|---|---|"]
     for name, row in rows.items():
         loss = row["loss_after_4_steps"]
-        md.append(f"| {name} | {1000 * row['default_median_seconds']:.1f} | "
-                  f"{row['ratio_median']:.3f} | {row['ratio_min']:.3f}-{row['ratio_max']:.3f} "
-                  f"| {loss['default']:.6f}, {loss['loop_emitters']:.6f} |")
+        cells = [f"{row[v]['ratio_median']:.3f} ({row[v]['ratio_min']:.2f}-"
+                 f"{row[v]['ratio_max']:.2f})" for v in list(VARIANTS)[1:]]
+        md.append(f"| {name} | {1000 * row['median_seconds']['default']:.1f} | "
+                  + " | ".join(cells) + f" | {loss['default']:.6f}, {loss['both']:.6f} |")
     if compile_seconds:
         even = compile_seconds["break_even_steps"]
         md += ["", f"Compiling the harness's group of {compile_seconds['group']} Caffe-network "
-               f"steps: {compile_seconds['default']:.1f} s by default, "
-               f"{compile_seconds['loop_emitters']:.1f} s with the loop emitters; the faster "
+               f"steps with reductions only in YNNPACK: "
+               f"{compile_seconds['ynn_reductions_only']:.1f} s with XLA's default emitters, "
+               f"{compile_seconds['both']:.1f} s with the loop emitters; the faster "
                "steps repay the difference after "
                + (f"~{even:.0f} steps." if even else "no number of steps.")]
     update_section(f"compiler_options_{backend}", "\n".join(md))

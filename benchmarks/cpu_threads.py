@@ -6,9 +6,10 @@ Each operation is compiled alone with `jax.jit` and timed (best of 20 calls) in 
 process pinned to one core and in one pinned to all cores (``os.sched_setaffinity``
 before JAX starts), alternated `--repeats` times; the figure is the median of
 one-core time / all-core time (2.0 = perfect use of 2 cores, 1.0 = one thread).
-Operations: conv1's forward convolution (100x32x32x3 by 5x5x3x32), the spectral
-convolution's per-frequency channel mixing (a batched 220 x (100x64 @ 64x64) product),
-a 2048x2048 matrix product, and an elementwise loop over conv1's output.
+Operations: conv1's forward convolution (100x32x32x3 by 5x5x3x32), compiled by
+default (YNNPACK) and with only reductions left to YNNPACK (XLA's Eigen kernel); the
+spectral convolution's per-frequency channel mixing (a batched 220 x (100x64 @ 64x64)
+product); a 2048x2048 matrix product; an elementwise loop over conv1's output.
 
 Writes benchmarks/results/cpu_threads_<backend>.json and its RESULTS.md section.
 """
@@ -28,8 +29,8 @@ def child(cpus):
     import jax
     import jax.numpy as jnp
 
-    def best(f, *args):
-        f = jax.jit(f)
+    def best(f, *args, options=None):
+        f = jax.jit(f, compiler_options=options)
         f(*args).block_until_ready()
         times = []
         for _ in range(20):
@@ -42,9 +43,9 @@ def child(cpus):
         return jax.lax.conv_general_dilated(x, k, (1, 1), ((2, 2), (2, 2)),
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
+    image, kernel = jnp.ones((100, 32, 32, 3)), jnp.ones((5, 5, 3, 32))
     ops = {
-        "conv1 forward (XLA convolution)": (conv, jnp.ones((100, 32, 32, 3)),
-                                            jnp.ones((5, 5, 3, 32))),
+        "conv1 forward (XLA convolution)": (conv, image, kernel),
         "batched matmul 220 x (100x64 @ 64x64)": (
             lambda a, b: jnp.einsum("fnc,fco->fno", a, b), jnp.ones((220, 100, 64)),
             jnp.ones((220, 64, 64))),
@@ -52,7 +53,12 @@ def child(cpus):
         "elementwise exp(x) * 2 + 1 on 100x32x32x32": (lambda e: jnp.exp(e) * 2 + 1,
                                                         jnp.ones((100, 32, 32, 32))),
     }
-    print(json.dumps({name: best(f, *args) for name, (f, *args) in ops.items()}))
+    times = {name: best(f, *args) for name, (f, *args) in ops.items()}
+    # The same convolution with only reductions left to YNNPACK: XLA's Eigen kernel.
+    reductions_only = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+    times["conv1 forward, only reductions in YNNPACK (Eigen)"] = best(
+        conv, image, kernel, options=reductions_only)
+    print(json.dumps(times))
 
 
 def run_child(cpus):

@@ -102,8 +102,8 @@ def harness(schedule, steps):
 def synthetic(trainer, steps):
     """The harness's compiled steps fed device batches that are already prepared: one
     distinct batch per step of a group (the same batch in every step would let XLA
-    share the work that depends only on the images, such as conv1's im2col columns,
-    across the unrolled steps), passed in as arguments (not folded in as constants)."""
+    share the work that depends only on the images across the unrolled steps), passed
+    in as arguments (not folded in as constants)."""
     g = trainer.group
     images = trainer._prepare(trainer.train_images[:g * BATCH]).reshape(
         g, BATCH, *trainer.train_images.shape[1:])

@@ -389,17 +389,19 @@ class TestFastKernels:
             assert y[n, a, b, c] == max(values)
         np.testing.assert_allclose(dx, want, atol=1e-6)
 
-    @pytest.mark.parametrize("kernel_size, channels", [(5, 3), (3, 1), (5, 4)])
-    def test_few_channel_convolution_gradients(self, kernel_size, channels):
-        kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-        x = jax.random.normal(kx, (4, 10, 12, channels))
-        kernel = jax.random.normal(kk, (kernel_size, kernel_size, channels, 6))
-        g = jax.random.normal(kg, (4, 10, 12, 6))
-        fast = jax.vjp(models._conv_few_channels, x, kernel)
-        plain = jax.vjp(models._conv_same, x, kernel)
-        np.testing.assert_allclose(fast[0], plain[0], rtol=1e-6)
-        for a, b in zip(fast[1](g), plain[1](g)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    def test_lrn_square_roots_equal_the_power(self, monkeypatch):
+        x = jax.random.normal(jax.random.key(3), (2, 9, 7, 5)) * 30
+        g = jax.random.normal(jax.random.key(4), x.shape)
+        fast = jax.vjp(models._lrn_within_channel, x)
+        monkeypatch.setitem(models.FAST_KERNELS, "lrn_sqrt", False)
+        plain = jax.vjp(models._lrn_within_channel, x)
+        np.testing.assert_allclose(fast[0], plain[0], rtol=2e-6)
+        np.testing.assert_allclose(fast[1](g)[0], plain[1](g)[0], rtol=1e-5, atol=1e-6)
+        # an independent float64 reference of the forward pass
+        x64 = np.asarray(x, np.float64)
+        padded = np.pad(x64 ** 2, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        sums = sum(padded[:, i:i + 9, j:j + 7] for i in range(3) for j in range(3))
+        np.testing.assert_allclose(fast[0], x64 * (1 + 5e-5 / 9 * sums) ** -0.75, rtol=2e-6)
 
     @pytest.mark.parametrize("shape, kernel_shape", [
         ((3, 16, 16, 32), (5, 5, 32, 32)), ((2, 8, 8, 32), (5, 5, 32, 64)),
@@ -424,18 +426,39 @@ class TestFastKernels:
         y = models._conv_spectral(x, kernel)[0, 2:7, 2:7, 0]
         np.testing.assert_allclose(y, kernel[::-1, ::-1, 0, 0], atol=1e-5)
 
-    def test_compiler_options_only_for_long_caffe_runs_on_cpu(self, monkeypatch):
+    def test_compiler_options_per_model_on_cpu(self, monkeypatch):
         data = load_dataset("sample")
         long = models.LOOP_EMITTERS_MIN_STEPS
         caffe = Trainer(TrainConfig(num_steps=long, batch_size=48), data,
                         optax.constant_schedule(0.001))
-        assert caffe.compiler_options == {"xla_cpu_use_fusion_emitters": False}
-        assert caffe.compiler_options_for(long - 1) is None
+        assert caffe.compiler_options == {**models.YNN_REDUCTIONS_ONLY,
+                                          "xla_cpu_use_fusion_emitters": False}
+        assert caffe.compiler_options_for(long - 1) == models.YNN_REDUCTIONS_ONLY
+        resnet = models.CifarResNet(20, 10, rngs=nnx.Rngs(0))
+        assert models.compiler_options(resnet) == models.YNN_REDUCTIONS_ONLY
         mlp = Trainer(TrainConfig(model="mlp", caffe_multipliers=False, num_steps=long,
                                   batch_size=48), data, optax.constant_schedule(0.001))
         assert mlp.compiler_options is None
         monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
         assert models.compiler_options(models.CaffeCifar10(rngs=nnx.Rngs(0))) is None
+
+    def test_convolutions_leave_ynnpack_and_reductions_stay(self):
+        """The option reaches XLA: the compiled convolution is XLA's own, the reduction
+        still a YNNPACK fusion (this jaxlib's names)."""
+        x, kernel = jnp.ones((16, 32, 32, 3)), jnp.ones((5, 5, 3, 32))
+
+        def conv_and_sum(x, kernel):
+            y = models._conv_same(x, kernel)
+            return y, y.sum((0, 1, 2))
+
+        def entry(options):  # the compiled program's top-level instructions
+            f = jax.jit(conv_and_sum, compiler_options=options)
+            text = f.lower(x, kernel).compile().as_text()
+            return text[text.index("ENTRY"):].split("\n}")[0]
+
+        default, reductions_only = entry(None), entry(models.YNN_REDUCTIONS_ONLY)
+        assert "convolution(" not in default and "__ynn_fusion" in default
+        assert "convolution(" in reductions_only and "__ynn_fusion" in reductions_only
 
     def test_training_curve_matches_the_plain_kernels(self, monkeypatch):
         data = load_dataset("sample")

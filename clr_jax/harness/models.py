@@ -19,11 +19,12 @@ from clr_jax import _validation as v
 __all__ = ["MODELS", "MLP", "CaffeCifar10", "CifarResNet", "build_model", "compiler_options"]
 
 
-# The Caffe net's faster CPU kernels and compiler setting (each measured in
-# benchmarks/caffe_kernels_cpu.py); switching one off gives the plain `lax` formulation
-# (or XLA's default compilation), for tests and benchmarks.
-FAST_KERNELS = {"max_pool": True, "conv_few_channels": True, "conv_spectral": True,
-                "loop_emitters": True}
+# The faster CPU kernels of the Caffe net and the compiler settings of the convolutional
+# nets (each measured in benchmarks/caffe_kernels_cpu.py and
+# benchmarks/compiler_options_cpu.py); switching one off gives the plain `lax`
+# formulation (or XLA's default compilation), for tests and benchmarks.
+FAST_KERNELS = {"max_pool": True, "conv_spectral": True, "lrn_sqrt": True,
+                "ynn_reductions_only": True, "loop_emitters": True}
 
 
 def _pool_ceil(x: jax.Array, kind: str) -> jax.Array:
@@ -104,43 +105,10 @@ def _max_pool_bwd(residuals, g):
 _max_pool_ceil.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-@jax.custom_vjp
-def _conv_few_channels(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """A stride-1 "same" convolution (odd kernel, NHWC, HWIO) whose kernel gradient is
-    one matrix product per kernel row over im2col columns.
-
-    For inputs with few channels (the RGB image) XLA's CPU backend computes the kernel
-    gradient as a convolution over the batch, ~4x slower than this
-    (benchmarks/RESULTS.md).
-    """
-    return _conv_same(x, kernel)
-
-
 def _conv_same(x, kernel):
     ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((ph, ph), (pw, pw)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _conv_few_fwd(x, kernel):
-    return _conv_same(x, kernel), (x, kernel)
-
-
-def _conv_few_bwd(residuals, g):
-    x, kernel = residuals
-    n, h, w, c = x.shape
-    kh, kw, _, o = kernel.shape
-    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    g2 = g.reshape(-1, o)
-    rows = []
-    for i in range(kh):
-        columns = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for j in range(kw)], axis=-1)
-        rows.append((columns.reshape(n * h * w, kw * c).T @ g2).reshape(kw, c, o))
-    dx = jax.vjp(lambda x: _conv_same(x, kernel), x)[1](g)[0]
-    return dx, jnp.stack(rows).astype(kernel.dtype)
-
-
-_conv_few_channels.defvjp(_conv_few_fwd, _conv_few_bwd)
 
 
 @functools.lru_cache(maxsize=None)
@@ -192,8 +160,8 @@ def _conv_spectral(x: jax.Array, kernel: jax.Array) -> jax.Array:
     For the Caffe net's 5x5 layers with 32 input channels this is about a third of the
     direct convolution's arithmetic (the channel mixing is one (2C x 2O) product per
     frequency), all of it in matrix products, which XLA's CPU backend runs far better
-    than its convolutions of these shapes: the training step drops from 0.65 to 0.50
-    of the plain step time (benchmarks/RESULTS.md). JAX differentiates it: every stage
+    than its convolutions of these shapes: alone, it takes the training step to ~0.74 of
+    the plain step time (benchmarks/RESULTS.md). JAX differentiates it: every stage
     is a real linear map, so the gradient is the exact adjoint of the convolution.
     Results differ from `lax.conv` by rounding (~2e-6 relative).
     """
@@ -214,27 +182,31 @@ def _conv_spectral(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 class _CaffeConv(nnx.Conv):
-    """``nnx.Conv`` (5x5, stride 1, padding 2) with the CPU kernels of `FAST_KERNELS`:
-    inputs with at most 4 channels through `_conv_few_channels`, the others through
-    `_conv_spectral`. Same parameters, same values up to rounding."""
+    """``nnx.Conv`` (5x5, stride 1, padding 2) whose layers with more than 4 input
+    channels go through `_conv_spectral` on CPU (`FAST_KERNELS`). Same parameters, same
+    values up to rounding."""
 
     def __call__(self, x):
-        if jax.default_backend() != "cpu":
+        if (jax.default_backend() != "cpu" or self.in_features <= 4
+                or not FAST_KERNELS["conv_spectral"]):
             return super().__call__(x)
-        if self.in_features <= 4 and FAST_KERNELS["conv_few_channels"]:
-            conv = _conv_few_channels
-        elif self.in_features > 4 and FAST_KERNELS["conv_spectral"]:
-            conv = _conv_spectral
-        else:
-            return super().__call__(x)
-        return conv(x, self.kernel[...]) + self.bias[...].reshape(1, 1, 1, -1)
+        return _conv_spectral(x, self.kernel[...]) + self.bias[...].reshape(1, 1, 1, -1)
 
 
 def _lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75) -> jax.Array:
-    """Caffe's WITHIN_CHANNEL LRN, local size 3: x * (1 + alpha/9 * sum_3x3 x^2)^-beta."""
+    """Caffe's WITHIN_CHANNEL LRN, local size 3: x * (1 + alpha/9 * sum_3x3 x^2)^-beta.
+
+    For the usual beta = 0.75 the power is rsqrt(s) * sqrt(rsqrt(s)) (`FAST_KERNELS`
+    "lrn_sqrt"): two square roots instead of an exponential and a logarithm, forward and
+    backward; equal to the power up to rounding.
+    """
     squares = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1),
                                     ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return x * (1 + (alpha / 9) * squares) ** -beta
+    scale = 1 + (alpha / 9) * squares
+    if beta == 0.75 and FAST_KERNELS["lrn_sqrt"]:
+        inverse_root = jax.lax.rsqrt(scale)
+        return x * (inverse_root * jnp.sqrt(inverse_root))
+    return x * scale ** -beta
 
 
 class CaffeCifar10(nnx.Module):
@@ -348,28 +320,40 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 }
 
 
-# Runs shorter than this keep XLA's default emitters: the loop emitters take about twice
-# as long to compile a 16-step group, which the faster steps pay back only after about
-# this many steps (benchmarks/compiler_options_cpu.py).
-LOOP_EMITTERS_MIN_STEPS = 2000
+# Runs shorter than this keep XLA's default emitters: the loop emitters take about three
+# times as long to compile a 16-step group, which the faster steps pay back only after
+# about 3,500 steps (benchmarks/compiler_options_cpu.py).
+LOOP_EMITTERS_MIN_STEPS = 4000
+
+# XLA's CPU backend hands convolutions, matrix products and reductions to YNNPACK by
+# default. In this jaxlib YNNPACK runs the convolutions and small products of these nets
+# on one thread (benchmarks/cpu_threads.py), so the convolutional nets keep only the
+# reductions there; XLA's own (Eigen) convolutions use every core.
+YNN_REDUCTIONS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def compiler_options(model: nnx.Module, num_steps: int | None = None) -> dict[str, Any] | None:
     """XLA compiler options for ``model``'s compiled steps on the current backend.
 
-    The Caffe net on CPU compiles with XLA's older loop emitters
+    On CPU, the convolutional nets (the Caffe net, the ResNets) leave only reductions to
+    YNNPACK (``YNN_REDUCTIONS_ONLY``): the training step of ResNet-20 takes ~0.67 of the
+    time with XLA's default, the Caffe net's ~0.64; the MLP, all matrix products, keeps
+    the default (~1.02x with it). The Caffe net also compiles with XLA's older loop emitters
     (``xla_cpu_use_fusion_emitters=False``) for runs of at least
-    ``LOOP_EMITTERS_MIN_STEPS`` steps (or ``num_steps=None``): its training step takes
-    ~0.93 of the time with XLA's default emitters, while ResNet-20's takes ~1.03x, so
-    it is a per-model setting; compiling takes about twice as long, so short runs keep
-    the default (benchmarks/compiler_options_cpu.py). The losses agree to all printed
-    digits. None for every other model, backend and short run.
+    ``LOOP_EMITTERS_MIN_STEPS`` steps (or ``num_steps=None``): they make its step faster
+    and ResNet-20's slower, and take longer to compile, so short runs keep the default
+    emitters (benchmarks/compiler_options_cpu.py). The losses agree to rounding. None for
+    the MLP and on other backends.
     """
-    if (isinstance(model, CaffeCifar10) and jax.default_backend() == "cpu"
-            and FAST_KERNELS["loop_emitters"]
+    if jax.default_backend() != "cpu":
+        return None
+    options = {}
+    if isinstance(model, (CaffeCifar10, CifarResNet)) and FAST_KERNELS["ynn_reductions_only"]:
+        options.update(YNN_REDUCTIONS_ONLY)
+    if (isinstance(model, CaffeCifar10) and FAST_KERNELS["loop_emitters"]
             and (num_steps is None or num_steps >= LOOP_EMITTERS_MIN_STEPS)):
-        return {"xla_cpu_use_fusion_emitters": False}
-    return None
+        options["xla_cpu_use_fusion_emitters"] = False
+    return options or None
 
 
 def build_model(name: str, num_classes: int, image_shape: tuple[int, int, int],
