@@ -115,9 +115,11 @@ def _conv_same(x, kernel):
 def _dft_tables(h: int, w: int, kh: int, kw: int) -> tuple[np.ndarray, ...]:
     """Real matrices of the 2-D DFTs behind `_conv_spectral`, in float64.
 
-    Signals are zero-padded to L1 x L2 = (h + kh - 1) x (w + kw - 1), where circular and
-    linear convolution agree; only the F2 = L2 // 2 + 1 non-redundant columns of the
-    real signal's spectrum are kept. A complex number travels as a (real, imaginary)
+    Signals are zero-padded to L1 x L2 = (h + kh // 2) x (w + kw // 2): the smallest size
+    at which the circular correlation agrees with the "same" one on the h x w outputs
+    (a tap reaching kh // 2 rows past either edge lands on padding, not on the other
+    edge). Only the F2 = L2 // 2 + 1 non-redundant columns of the real signal's spectrum
+    are kept. A complex number travels as a (real, imaginary)
     axis of size 2, so every stage is one real matrix product.
 
     Returns:
@@ -129,7 +131,7 @@ def _dft_tables(h: int, w: int, kh: int, kw: int) -> tuple[np.ndarray, ...]:
       phases (2, kh * kw, L1 * F2): the taps' phases; tap (d1, d2) of a "same"
         correlation sits at offset (d1 - kh // 2, d2 - kw // 2).
     """
-    l1, l2 = h + kh - 1, w + kw - 1
+    l1, l2 = h + kh // 2, w + kw // 2
     f2 = l2 // 2 + 1
     a = 2 * np.pi * np.outer(np.arange(w), np.arange(f2)) / l2
     forward_w = np.stack([np.cos(a), -np.sin(a)], 1)
@@ -157,10 +159,10 @@ def _dft_tables(h: int, w: int, kh: int, kw: int) -> tuple[np.ndarray, ...]:
 def _conv_spectral(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """`_conv_same` computed as a product of spectra, every transform a matrix product.
 
-    For the Caffe net's 5x5 layers with 32 input channels this is about a third of the
-    direct convolution's arithmetic (the channel mixing is one (2C x 2O) product per
+    For the Caffe net's 5x5 layers with 32 input channels this is less than a third of
+    the direct convolution's arithmetic (the channel mixing is one (2C x 2O) product per
     frequency), all of it in matrix products, which XLA's CPU backend runs far better
-    than its convolutions of these shapes: alone, it takes the training step to ~0.74 of
+    than its convolutions of these shapes: alone, it takes the training step to ~0.73 of
     the plain step time (benchmarks/RESULTS.md). JAX differentiates it: every stage
     is a real linear map, so the gradient is the exact adjoint of the convolution.
     Results differ from `lax.conv` by rounding (~2e-6 relative).
