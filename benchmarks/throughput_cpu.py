@@ -11,13 +11,15 @@ a. images/s of the harness (`Trainer.run_steps`, triangular2 schedule, data on t
    device, the bundled CIFAR-10 sample) against a plain PyTorch CPU loop of the same
    network with `torch.optim.lr_scheduler.CyclicLR(mode="triangular2")` (same threads);
 b. the harness with triangular2 against the harness with a constant rate;
-c. the harness on the real data set against the same steps fed prepared batches that
+d. the harness on the real data set against the same steps fed prepared batches that
    are already on the device (the input pipeline's cost);
-d. FLOPs per training image (XLA's cost analysis) and the fraction of the machine's
+e. FLOPs per training image (XLA's cost analysis) and the fraction of the machine's
    peak reached, the peak taken as the best float32 matmul rate measured here.
 
-Writes benchmarks/results/throughput_<backend>.json and its section of RESULTS.md. The
-range test's overhead over plain steps has its own script (range_test_overhead.py).
+The letters are those of the performance issue; its item c, the range test's overhead
+over plain steps, has its own script (range_test_overhead.py).
+
+Writes benchmarks/results/throughput_<backend>.json and its section of RESULTS.md.
 """
 
 import argparse
@@ -173,7 +175,7 @@ def main():
 
     a = pair(torch_run, jax_clr, args.repeats)  # torch time / jax time = jax speed-up
     b = pair(jax_clr, jax_fixed, args.repeats)
-    c = pair(jax_clr, jax_synth, args.repeats)
+    d = pair(jax_clr, jax_synth, args.repeats)
     flops = cost(lower(trainer.initial_state)) / (trainer.group * BATCH)
     # b's arithmetic: one group of harness steps with each schedule, as XLA counts it
     group_flops = [cost(t._run_group.lower(t.initial_state, jnp.int32(0), t.group))
@@ -184,7 +186,7 @@ def main():
     result = {
         "benchmark": "throughput", "steps_per_timing": steps, "repeats": args.repeats,
         "machine": machine(), "torch_threads": threads, "clr_jax": clr_jax.__version__,
-        "a_torch_over_harness": a, "b_clr_over_constant": b, "c_real_over_synthetic": c,
+        "a_torch_over_harness": a, "b_clr_over_constant": b, "d_real_over_synthetic": d,
         "b_flops_clr_over_constant": group_flops[0] / group_flops[1],
         "harness_images_per_second": jax_images, "torch_images_per_second": torch_images,
         "flops_per_image": flops, "matmul_peak_flops": peak,
@@ -210,11 +212,11 @@ def main():
         "<= 1.01 |",
         f"| b. the same, XLA's FLOP count of a group of steps | "
         f"{result['b_flops_clr_over_constant']:.6f} | |",
-        f"| c. harness time on the data set / on prepared device batches | "
-        f"{c['ratio_median']:.3f} (range {c['ratio_min']:.3f}-{c['ratio_max']:.3f}) | "
+        f"| d. harness time on the data set / on prepared device batches | "
+        f"{d['ratio_median']:.3f} (range {d['ratio_min']:.3f}-{d['ratio_max']:.3f}) | "
         "<= 1.05 |",
-        f"| d. FLOPs per training image (XLA cost analysis) | {flops / 1e6:.1f} MFLOP | |",
-        f"| d. fraction of peak (peak = best 2048² float32 matmul here, "
+        f"| e. FLOPs per training image (XLA cost analysis) | {flops / 1e6:.1f} MFLOP | |",
+        f"| e. fraction of peak (peak = best 2048² float32 matmul here, "
         f"{peak / 1e9:.0f} GFLOP/s) | {result['fraction_of_peak']:.1%} | |",
     ]
     update_section(f"throughput_{backend}", "\n".join(md))
