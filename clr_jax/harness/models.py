@@ -16,7 +16,8 @@ from flax import nnx
 
 from clr_jax import _validation as v
 
-__all__ = ["MODELS", "MLP", "CaffeCifar10", "CifarResNet", "build_model", "compiler_options"]
+__all__ = ["MODELS", "MLP", "YNN_REDUCTIONS_ONLY", "CaffeCifar10", "CifarResNet", "build_model",
+           "compiler_options"]
 
 
 # The faster CPU kernels of the Caffe net and the compiler settings of the convolutional
