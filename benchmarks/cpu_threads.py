@@ -9,7 +9,7 @@ one-core time / all-core time (2.0 = perfect use of 2 cores, 1.0 = one thread).
 Operations: conv1's forward convolution (100x32x32x3 by 5x5x3x32), compiled by
 default (YNNPACK) and with only reductions left to YNNPACK (XLA's Eigen kernel); the
 spectral convolution's per-frequency channel mixing (a batched 220 x (100x64 @ 64x64)
-product); a 2048x2048 matrix product; an elementwise loop over conv1's output.
+product, conv2's at the first version's DFT size; now 180 frequencies); a 2048x2048 matrix product; an elementwise loop over conv1's output.
 
 Writes benchmarks/results/cpu_threads_<backend>.json and its RESULTS.md section.
 """
@@ -55,9 +55,9 @@ def child(cpus):
     }
     times = {name: best(f, *args) for name, (f, *args) in ops.items()}
     # The same convolution with only reductions left to YNNPACK: XLA's Eigen kernel.
-    reductions_only = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+    from clr_jax.harness.models import YNN_REDUCTIONS_ONLY
     times["conv1 forward, only reductions in YNNPACK (Eigen)"] = best(
-        conv, image, kernel, options=reductions_only)
+        conv, image, kernel, options=YNN_REDUCTIONS_ONLY)
     print(json.dumps(times))
 
 
