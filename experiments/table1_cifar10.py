@@ -1,7 +1,8 @@
 """Table 1 of the paper, CIFAR-10: each policy trained with the paper's protocol.
 
     python experiments/table1_cifar10.py --data ../shared/data/cifar10-jpg.tar.gz \
-        [--policies fixed,triangular2,...] [--scale 1.0] [--out experiments/results/table1]
+        [--policies fixed,triangular2,...] [--scale 1.0] [--seed 0] \
+        [--out experiments/results/table1]
 
 Protocol (../shared/PAPER.md): Caffe's cifar10_full network and initialisation,
 mean-image preprocessing on the 0-255 scale, no augmentation, the training set read
@@ -24,7 +25,9 @@ Policies and lengths (iterations) at --scale 1.0 (the paper's; meant for a GPU):
 --scale multiplies every length and step size (0.02 is the CPU scale committed here:
 the shape of every schedule kept, 50x fewer iterations). Each policy writes
 OUT/<policy>/ (summary.json, metrics.jsonl, checkpoints every 5,000 x scale iterations:
-re-run the same command to resume, finished policies are not run again). At the end
+re-run the same command to resume, finished policies are not run again); --seed N other
+than 0 (a second initialisation and data order, for the seed spread) writes
+OUT/<policy>-seed<N>/. At the end
 (or with --report-only) the script writes experiments/results/table1_cifar10_<scale>.json
 (every curve, config, device, wall times, versions; iterations each policy needed to
 reach the fixed policy's final accuracy; accuracies at an equal budget, the shortest
@@ -36,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -83,6 +87,9 @@ def main(argv=None):
                         help="100 is the paper's; smaller only for smoke tests")
     parser.add_argument("--model", default="caffe_cifar10",
                         help="the paper's network; another only for smoke tests")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="initialisation and data order; 0 is the main run, others "
+                        "write <policy>-seed<N> for the seed spread")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--report-only", action="store_true",
                         help="only collect finished policies into the result file")
@@ -108,8 +115,9 @@ def main(argv=None):
         config = TrainConfig(num_steps=steps, eval_every=eval_every, log_every=eval_every,
                              checkpoint_every=max(eval_every, round(5000 * args.scale)),
                              shuffle=False, eval_batch_size=500,
-                             batch_size=args.batch_size, model=args.model)
-        folder = args.out / name
+                             batch_size=args.batch_size, model=args.model, seed=args.seed)
+        run_name = name if args.seed == 0 else f"{name}-seed{args.seed}"
+        folder = args.out / run_name
         resume = (folder / "checkpoints").exists() and not (folder / "summary.json").exists()
         if (folder / "summary.json").exists():
             summary = json.loads((folder / "summary.json").read_text())
@@ -120,17 +128,28 @@ def main(argv=None):
                             describe={"policy": name, "data": "CIFAR-10 (JPEG copy)",
                                       "scale": args.scale})
             summary["wall_seconds_total"] = time.perf_counter() - started
+            summary["commit"] = _commit()
             write_json(folder / "summary.json", summary)
-        results[name] = {k: summary.get(k) for k in (
+        results[run_name] = {k: summary.get(k) for k in (
             "final_test_accuracy", "best_test_accuracy", "best_step", "steps",
-            "images_per_second", "device", "wall_seconds_this_session", "fingerprint")}
-        results[name]["machine"] = platform.machine()
-        results[name]["jax"] = jax.__version__
+            "images_per_second", "device", "wall_seconds_this_session", "fingerprint",
+            "commit")}
+        results[run_name]["machine"] = platform.machine()
+        results[run_name]["jax"] = jax.__version__
         args.out.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"{name:22s} {summary['final_test_accuracy']:.4f} after {summary['steps']} "
+        print(f"{run_name:22s} {summary['final_test_accuracy']:.4f} after {summary['steps']} "
               f"iterations ({summary['images_per_second']:.0f} images/s)", flush=True)
     report(args)
+
+
+def _commit() -> str | None:
+    """The git commit the code runs from (recorded in each run's config and summary)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 PAPER = {"fixed": (70_000, 81.4), "triangular2": (25_000, 81.4), "decay": (25_000, 78.5),
