@@ -8,16 +8,19 @@ times each, in one process. Variants:
 
 - plain: `reduce_window` max pooling differentiated by JAX, `lax.conv` everywhere, LRN
   with `**`, XLA's default compilation;
-- max_pool_vjp: max pooling with the custom VJP (`models._max_pool_ceil`);
+- max_pool_vjp: max pooling with the custom VJP (`kernels.max_pool_ceil_fast`);
 - spectral: the 32-channel convolutions as products of spectra
-  (`models._conv_spectral`);
-- lrn_sqrt: LRN's power -0.75 as two square roots (`models._lrn_within_channel`);
+  (`kernels.conv_spectral`);
+- lrn_sqrt: LRN's power -0.75 as two square roots (`kernels.lrn_within_channel`);
 - ynn_reductions_only: only reductions left to YNNPACK, convolutions and matrix
-  products through XLA's Eigen kernels (`models.YNN_REDUCTIONS_ONLY`);
+  products through XLA's Eigen kernels (`kernels.YNN_REDUCTIONS_ONLY`);
 - loop_emitters: XLA's older loop emitters (``xla_cpu_use_fusion_emitters=False``);
 - kernels: the three kernels above, XLA's default compilation;
-- all: the committed model and options (every switch of `models.FAST_KERNELS` on;
-  `models.compiler_options` of a long run).
+- all: what the harness runs, ``CaffeCifar10(kernels="fast")`` compiled with
+  `kernels.compiler_options` of a long run.
+
+Each variant is its own model (`Variant` below picks each kernel explicitly); the
+parameters are the same.
 
 Writes benchmarks/results/caffe_kernels_<backend>.json and its RESULTS.md section.
 """
@@ -34,8 +37,9 @@ from flax import nnx
 
 import clr_jax
 from _report import machine, update_section, write_result
-from clr_jax.harness import models
+from clr_jax.harness import kernels, models
 
+KERNELS = ("max_pool", "conv_spectral", "lrn_sqrt")
 VARIANTS = {
     "plain": (),
     "max_pool_vjp": ("max_pool",),
@@ -43,19 +47,47 @@ VARIANTS = {
     "lrn_sqrt": ("lrn_sqrt",),
     "ynn_reductions_only": ("ynn_reductions_only",),
     "loop_emitters": ("loop_emitters",),
-    "kernels": ("max_pool", "conv_spectral", "lrn_sqrt"),
-    "all": tuple(models.FAST_KERNELS),
+    "kernels": KERNELS,
+    "all": (*KERNELS, "ynn_reductions_only", "loop_emitters"),
 }
 
 
-def configure(switches):
-    for name in models.FAST_KERNELS:
-        models.FAST_KERNELS[name] = name in switches
+class Variant(models.CaffeCifar10):
+    """The Caffe net with each fast kernel chosen on its own."""
+
+    def __init__(self, switches, rngs):
+        super().__init__(kernels="lax", rngs=rngs)
+        self.switches = tuple(switches)
+        if "conv_spectral" in switches:
+            self.conv2.conv_general_dilated = kernels.conv_spectral
+            self.conv3.conv_general_dilated = kernels.conv_spectral
+
+    def __call__(self, x):
+        max_pool = kernels.max_pool_ceil_fast if "max_pool" in self.switches \
+            else kernels.max_pool_ceil
+        fast = "lrn_sqrt" in self.switches
+        x = kernels.lrn_within_channel(jax.nn.relu(max_pool(self.conv1(x))), fast=fast)
+        x = kernels.lrn_within_channel(kernels.avg_pool_ceil(jax.nn.relu(self.conv2(x))),
+                                       fast=fast)
+        x = kernels.avg_pool_ceil(jax.nn.relu(self.conv3(x)))
+        return self.ip1(x.reshape(x.shape[0], -1))
+
+
+def options(switches):
+    chosen = {}
+    if "ynn_reductions_only" in switches:
+        chosen.update(kernels.YNN_REDUCTIONS_ONLY)
+    if "loop_emitters" in switches:
+        chosen["xla_cpu_use_fusion_emitters"] = False
+    return chosen or None
 
 
 def compiled_step(switches):
-    configure(switches)
-    model = models.CaffeCifar10(rngs=nnx.Rngs(0))
+    if switches == VARIANTS["all"]:  # exactly what the harness runs
+        model = models.CaffeCifar10(kernels="fast", rngs=nnx.Rngs(0))
+        compiler_options = kernels.compiler_options("caffe_cifar10", "fast")
+    else:
+        model, compiler_options = Variant(switches, nnx.Rngs(0)), options(switches)
     graphdef, params = nnx.split(model, nnx.Param)
     tx = optax.sgd(0.001, momentum=0.9)
     x = jax.random.normal(jax.random.key(1), (100, 32, 32, 3)) * 50
@@ -65,7 +97,7 @@ def compiled_step(switches):
         logits = nnx.merge(graphdef, p)(x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @functools.partial(jax.jit, compiler_options=models.compiler_options(model))
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def step(p, o):
         value, grads = jax.value_and_grad(loss)(p)
         updates, o = tx.update(grads, o, p)
@@ -74,7 +106,6 @@ def compiled_step(switches):
     opt = tx.init(params)
     out = step(params, opt)
     jax.block_until_ready(out)
-    configure(tuple(models.FAST_KERNELS))
     return step, params, opt, out[3]
 
 

@@ -5,17 +5,17 @@
 For each harness model (the paper's Caffe network, ResNet-20, the MLP), one SGD step
 with momentum (forward, gradient, update; batch 100, float32, the bundled CIFAR-10
 sample) compiled four ways: with XLA's default options; with only reductions left to
-YNNPACK (``models.YNN_REDUCTIONS_ONLY``: convolutions and matrix products through XLA's
+YNNPACK (``kernels.YNN_REDUCTIONS_ONLY``: convolutions and matrix products through XLA's
 own Eigen kernels); with XLA's older loop emitters (``xla_cpu_use_fusion_emitters=False``);
 and with both. They are timed in alternation, `--rounds` times, 4 steps per timing, in
-one process. This is the measurement behind `clr_jax.harness.models.compiler_options`,
+one process. This is the measurement behind `clr_jax.harness.kernels.compiler_options`,
 which applies an option only to the models it makes faster. The Caffe network uses its
 committed CPU kernels.
 
 Also the compile time of the harness's unrolled group of 16 Caffe-network steps with
 reductions only in YNNPACK, with and without the loop emitters, and the run length after
 which the faster steps pay for the longer compile (extra compile seconds / seconds saved
-per step): the basis of `models.LOOP_EMITTERS_MIN_STEPS`.
+per step): the basis of `kernels.LOOP_EMITTERS_MIN_STEPS`.
 
 Writes benchmarks/results/compiler_options_<backend>.json and its RESULTS.md section.
 """
@@ -33,8 +33,9 @@ from flax import nnx
 import clr_jax
 from _report import machine, update_section, write_result
 from clr_jax.harness.data import load_dataset
-from clr_jax.harness.models import YNN_REDUCTIONS_ONLY, build_model
-from clr_jax.harness.train import TrainConfig, Trainer
+from clr_jax.harness.kernels import YNN_REDUCTIONS_ONLY
+from clr_jax.harness.models import build_model
+from clr_jax.harness.train import TrainConfig, Trainer, train_steps
 
 LOOP_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 VARIANTS = {"default": None, "ynn_reductions_only": YNN_REDUCTIONS_ONLY,
@@ -80,7 +81,10 @@ def group_compile_seconds():
     only in YNNPACK, without and with the loop emitters."""
     trainer = Trainer(TrainConfig(num_steps=70_000, eval_every=16, log_every=16),
                       load_dataset("sample"), optax.constant_schedule(0.001))
-    fn = trainer._make_group(True)
+    def fn(state, first_step, group):
+        return train_steps(trainer.loss, trainer.data, trainer.tx, state, first_step, group,
+                           seed=0, unroll=True)
+
     seconds = {"group": trainer.group}
     for variant in ("ynn_reductions_only", "both"):
         lowered = jax.jit(fn, static_argnames="group",
@@ -137,9 +141,9 @@ def main():
           f"`results/{path.name}`", "",
           f"One SGD step, batch 100, float32; {m['cpu']} ({m['cores']} cores), jax "
           f"{m['jax']}; four compilations alternated {args.rounds} times: XLA's default, "
-          "only reductions in YNNPACK (`models.YNN_REDUCTIONS_ONLY`), the older loop "
+          "only reductions in YNNPACK (`kernels.YNN_REDUCTIONS_ONLY`), the older loop "
           "emitters (`xla_cpu_use_fusion_emitters=False`), and both. "
-          "`models.compiler_options` applies each option to the models where it is "
+          "`kernels.compiler_options` applies each option to the models where it is "
           "faster. Ratios are step time / default step time (median of pairs, range).", "",
           "| model | default step (ms) | reductions only in YNNPACK | loop emitters | both "
           "| loss after 4 steps: default, both |", "|---|---|---|---|---|---|"]

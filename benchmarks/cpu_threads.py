@@ -55,7 +55,7 @@ def child(cpus):
     }
     times = {name: best(f, *args) for name, (f, *args) in ops.items()}
     # The same convolution with only reductions left to YNNPACK: XLA's Eigen kernel.
-    from clr_jax.harness.models import YNN_REDUCTIONS_ONLY
+    from clr_jax.harness.kernels import YNN_REDUCTIONS_ONLY
     times["conv1 forward, only reductions in YNNPACK (Eigen)"] = best(
         conv, image, kernel, options=YNN_REDUCTIONS_ONLY)
     print(json.dumps(times))

@@ -87,7 +87,7 @@ def torch_loop(steps_per_call):
 def harness(schedule, steps):
     data = load_dataset("sample")
     # A paper-length run (its fixed-rate run has 70,000 steps); the length decides
-    # `models.compiler_options`. Only `steps` at a time are run here.
+    # `kernels.compiler_options`. Only `steps` at a time are run here.
     config = TrainConfig(num_steps=70_000, eval_every=steps, log_every=steps,
                          shuffle=False)
     trainer = Trainer(config, data, schedule)
@@ -107,13 +107,14 @@ def synthetic(trainer, steps):
     share the work that depends only on the images across the unrolled steps), passed
     in as arguments (not folded in as constants)."""
     g = trainer.group
-    images = trainer._prepare(trainer.train_images[:g * BATCH]).reshape(
-        g, BATCH, *trainer.train_images.shape[1:])
-    labels = trainer.train_labels[:g * BATCH].reshape(g, BATCH)
+    data = trainer.data
+    images = data.prepare(data.train_images[:g * BATCH]).reshape(
+        g, BATCH, *data.train_images.shape[1:])
+    labels = data.train_labels[:g * BATCH].reshape(g, BATCH)
 
     def group(state, images, labels):
         def body(state, batch):
-            (loss, rest), grads = jax.value_and_grad(trainer._loss, has_aux=True)(
+            (loss, rest), grads = jax.value_and_grad(trainer.loss, has_aux=True)(
                 state["params"], state["rest"], *batch)
             updates, opt_state = trainer.tx.update(grads, state["opt_state"], state["params"])
             return {"params": optax.apply_updates(state["params"], updates), "rest": rest,

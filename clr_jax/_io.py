@@ -1,19 +1,62 @@
-"""Writing result files atomically: a temporary file, then a rename."""
+"""Result files: atomic writes (a temporary file, then a rename) and JSON of arrays."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
+
+import numpy as np
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Writes ``data`` as JSON so that a crash leaves the old file or the new one."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Opens a temporary file beside ``path`` and renames it over ``path`` on success,
+    so a crash leaves the old file or the new one, never half of one. The folder is
+    made if needed. On an error the temporary file is removed and the error raised."""
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Writes ``data`` as indented JSON, atomically."""
+    with atomic_write(path) as f:
         json.dump(data, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with arrays as lists and NaN/inf as None, ready for `json.dumps`."""
+    if isinstance(value, dict):
+        return {k: jsonable(x) for k, x in value.items()}
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [jsonable(x) for x in value]
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def float_array(values: Any) -> np.ndarray:
+    """The inverse of `jsonable` for a (nested) list of numbers: None becomes NaN."""
+    flat = np.ravel(np.asarray(values, dtype=object)) if np.size(values) else []
+    if not len(flat):
+        return np.zeros(0)
+    return np.array([np.nan if x is None else x for x in flat], np.float64
+                    ).reshape(np.shape(values))

@@ -8,6 +8,7 @@ what was wrong, and `main` prints it.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,32 +69,42 @@ def _stage(text: str):
     return policy, settings, steps
 
 
-def _add_schedule_flags(parser: argparse.ArgumentParser) -> None:
+# Settings whose flag is not --<name>: "decay" is also the name of a policy.
+_FLAG_NAMES = {"decay": "exp-decay"}
+
+
+def _schedule_settings() -> dict[str, tuple[str, list[str], object]]:
+    """Every setting a policy takes by name: (help, policies, example default), in the
+    registry's order. ``log_*`` twins are for traced values in Python, not flags."""
     from clr_jax.policies import POLICIES
 
+    settings: dict[str, tuple[str, list[str], object]] = {}
+    for policy in POLICIES.values():
+        for name in policy.settings:
+            if name.startswith("log_"):
+                continue
+            text, users, default = settings.get(name, (policy.help.get(name, name), [], None))
+            settings[name] = (text, [*users, policy.name],
+                              policy.defaults.get(name, default))
+    return settings
+
+
+def _add_schedule_flags(parser: argparse.ArgumentParser) -> None:
+    from clr_jax.policies import POLICIES, SWITCH_CHOICES
+
     group = parser.add_argument_group("schedule")
-    group.add_argument("--policy", choices=sorted(POLICIES), help="learning-rate policy")
-    group.add_argument("--base-lr", type=float, help="lower bound")
-    group.add_argument("--max-lr", type=float, help="upper bound")
-    group.add_argument("--step-size", type=float, help="steps in the rising half-cycle")
-    group.add_argument("--step-size-down", type=float, help="steps in the falling half")
-    group.add_argument("--gamma", type=float, help="decay per step (exp, exp_range)")
-    group.add_argument(
-        "--exp-decay",
-        dest="decay",
-        choices=("amplitude", "both"),
-        help="exp_range: decay the amplitude only (PyTorch, Keras) or both bounds (the "
-        "paper's literal reading)",
-    )
-    group.add_argument("--decay-steps", type=float, help="decay: length of the fall")
-    group.add_argument("--total-steps", type=float, help="one_cycle: length")
-    group.add_argument("--pct-start", type=float, help="one_cycle: rising fraction")
-    group.add_argument("--anneal", choices=("cos", "linear"), help="one_cycle: shape")
-    group.add_argument("--div-factor", type=float, help="one_cycle: max / initial")
-    group.add_argument("--final-div-factor", type=float, help="one_cycle: initial / final")
-    group.add_argument(
-        "--three-phase", action="store_true", default=None, help="one_cycle: 3 phases"
-    )
+    group.add_argument("--policy", choices=list(POLICIES), help="learning-rate policy: "
+                       + "; ".join(f"{p.name}: {p.description}" for p in POLICIES.values()))
+    for name, (text, users, default) in _schedule_settings().items():
+        flag = "--" + _FLAG_NAMES.get(name, name.replace("_", "-"))
+        where = f" ({', '.join(users)})"
+        text = text.replace("%", "%%") + where
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=name, action="store_true", default=None, help=text)
+        elif isinstance(default, str):
+            group.add_argument(flag, dest=name, choices=SWITCH_CHOICES.get(name), help=text)
+        else:
+            group.add_argument(flag, dest=name, type=float, help=text)
     group.add_argument(
         "--stage",
         action="append",
@@ -105,27 +116,30 @@ def _add_schedule_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-_SCHEDULE_KEYS = (
-    "base_lr", "max_lr", "step_size", "step_size_down", "gamma", "decay", "decay_steps",
-    "total_steps", "pct_start", "anneal", "div_factor", "final_div_factor", "three_phase",
-)
+def schedule_stages(args: argparse.Namespace) -> tuple:
+    """The stages that the schedule flags describe (`clr_jax.policies.parse_stages`)."""
+    from clr_jax.policies import parse_stages
 
-
-def schedule_from_args(args: argparse.Namespace):
-    """The schedule that the schedule flags describe."""
-    from clr_jax.policies import make_schedule, staged
-
-    settings = {key: getattr(args, key) for key in _SCHEDULE_KEYS}
+    settings = {key: getattr(args, key) for key in _schedule_settings()
+                if getattr(args, key, None) is not None}
     if args.stage:
-        if args.policy or any(value is not None for value in settings.values()):
+        if args.policy or settings:
             raise UsageError("give either --stage flags or --policy and its settings, not both")
         for index, (_, _, steps) in enumerate(args.stage[:-1]):
             if steps is None:
                 raise UsageError(f"stage {index + 1} needs steps=N (only the last may omit it)")
-        return staged(args.stage)
+        return parse_stages([(policy, stage_settings, 1 if steps is None else steps)
+                             for policy, stage_settings, steps in args.stage], "--stage")
     if args.policy is None:
         raise UsageError("--policy (or --stage) is required")
-    return make_schedule(args.policy, **settings)
+    return parse_stages({"policy": args.policy, **settings}, f"--policy {args.policy}")
+
+
+def schedule_from_args(args: argparse.Namespace):
+    """The schedule that the schedule flags describe."""
+    from clr_jax.policies import staged
+
+    return staged(schedule_stages(args))
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
@@ -161,21 +175,44 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+# Run settings named in the library's messages, and the flag that sets each.
+_ARGUMENT_FLAGS = {"resume=True": "--resume", "overwrite=True": "--overwrite",
+                   "batch_size": "--batch-size", "num_steps": "--steps",
+                   "eval_every": "--eval-every", "log_every": "--log-every",
+                   "checkpoint_every": "--checkpoint-every",
+                   "members_per_chunk": "--members-per-chunk",
+                   "member_devices": "--member-devices", "target_accuracy": "--target-accuracy",
+                   "data_dir": "--data-dir"}
+_ARGUMENT_PATTERN = re.compile(
+    r"(?<![\w.-])(" + "|".join(map(re.escape, _ARGUMENT_FLAGS)) + r")(?![\w])")
+
+
+def in_flags(message: str) -> str:
+    """A library message with the run settings it names written as this command's flags
+    (``batch_size=1000`` -> ``--batch-size=1000``, ``pass resume=True`` -> ``pass
+    --resume``)."""
+    return _ARGUMENT_PATTERN.sub(lambda m: _ARGUMENT_FLAGS[m.group(1)], message)
+
+
 HARNESS_MISSING = ("this command needs the training harness: "
                    "pip install \"clr-jax[harness]\"")
 
 
 def _harness_names():
     try:
+        from clr_jax.harness.kernels import KERNELS
         from clr_jax.harness.models import MODELS
         from clr_jax.harness.optim import OPTIMIZERS
     except ImportError:  # the core install: schedule still works
-        return None, None
-    return sorted(MODELS), list(OPTIMIZERS)
+        return None
+    from clr_jax.harness.device_data import PREPROCESS
+
+    return {"models": list(MODELS), "optimizers": list(OPTIMIZERS), "kernels": KERNELS,
+            "preprocess": PREPROCESS}
 
 
 def _add_data_model_flags(parser: argparse.ArgumentParser, *, steps_help: str) -> None:
-    models, optimizers = _harness_names()
+    names = _harness_names() or {}
 
     data = parser.add_argument_group("data and model")
     data.add_argument("--dataset", default="sample",
@@ -184,13 +221,16 @@ def _add_data_model_flags(parser: argparse.ArgumentParser, *, steps_help: str) -
                       "path of an image folder or .tar.gz with train/ and test/ (default: "
                       "sample)")
     data.add_argument("--data-dir", help="tensorflow-datasets folder holding prepared sets")
-    data.add_argument("--model", default="caffe_cifar10", choices=models)
-    data.add_argument("--optimizer", default="caffe_sgd", choices=optimizers)
+    data.add_argument("--model", default="caffe_cifar10", choices=names.get("models"))
+    data.add_argument("--kernels", default="auto", choices=names.get("kernels"),
+                      help="the models' CPU kernels and compiler options: fast, lax (plain "
+                      "jax.lax and XLA's defaults) or auto (fast on CPU; default)")
+    data.add_argument("--optimizer", default="caffe_sgd", choices=names.get("optimizers"))
     data.add_argument("--momentum", type=float, default=0.9)
     data.add_argument("--weight-decay", type=float, default=0.004)
     data.add_argument("--no-caffe-multipliers", action="store_true",
                       help="don't apply the paper's per-layer lr/decay multipliers")
-    data.add_argument("--preprocess", choices=("caffe", "standard"), default="caffe",
+    data.add_argument("--preprocess", choices=names.get("preprocess"), default="caffe",
                       help="caffe: subtract the mean image (0-255, the paper); standard: "
                       "per-channel mean/std")
     data.add_argument("--augment", action="store_true", help="random crops and flips")
@@ -206,6 +246,16 @@ def _add_data_model_flags(parser: argparse.ArgumentParser, *, steps_help: str) -
     run.add_argument("--out", required=True, type=Path, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_loop_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write the metrics as TensorBoard event files in "
+                        "--out/tensorboard (needs tensorboardX)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue the {what} in --out from its latest checkpoint")
 
 
 def _load_data(args):
@@ -231,26 +281,36 @@ def _steps(args, dataset, default=None) -> int:
     return args.steps
 
 
-def _train_config(args, num_steps: int, eval_every: int, **extra):
+def _train_config(args, num_steps: int, **extra):
+    """The TrainConfig of the data, model and run flags; evaluation every tenth of the run
+    and a log row every 100 steps (at most) unless the flags say otherwise."""
     from clr_jax.harness.train import TrainConfig
 
+    eval_every = args.eval_every if args.eval_every is not None else max(1, num_steps // 10)
+    log_every = getattr(args, "log_every", None)
+    extra.setdefault("log_every", log_every if log_every is not None
+                     else max(1, min(100, eval_every)))
     return TrainConfig(
         model=args.model, optimizer=args.optimizer, momentum=args.momentum,
         weight_decay=args.weight_decay, caffe_multipliers=not args.no_caffe_multipliers,
         batch_size=args.batch_size, num_steps=num_steps, eval_every=eval_every,
         seed=args.seed, preprocess=args.preprocess, augment=args.augment,
-        shuffle=not args.no_shuffle, **extra)
+        shuffle=not args.no_shuffle, kernels=args.kernels,
+        checkpoint_every=getattr(args, "checkpoint_every", None), **extra)
 
 
 def _cmd_range_test(args: argparse.Namespace) -> int:
     from clr_jax.harness.jobs import run_range_test
 
+    from clr_jax.suggest import METHODS
+
     dataset = _load_data(args)
     num_steps = _steps(args, dataset)
-    eval_every = args.eval_every if args.eval_every is not None else max(1, num_steps // 20)
-    config = _train_config(args, num_steps, eval_every, log_every=eval_every)
-    methods = tuple(args.method) if args.method else ("paper", "paper_peak", "steepest",
-                                                      "valley", "minimum")
+    if args.eval_every is None:
+        args.eval_every = max(1, num_steps // 20)
+    eval_every = args.eval_every
+    config = _train_config(args, num_steps, log_every=eval_every)
+    methods = tuple(args.method) if args.method else tuple(m for m in METHODS if m != "auto")
     result, bounds = run_range_test(
         config, dataset, args.out, min_lr=args.min_lr, max_lr=args.max_lr,
         num_steps=num_steps, mode=args.mode, eval_every=eval_every,
@@ -268,7 +328,7 @@ def _cmd_range_test(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import clr_jax
     from clr_jax import plotting
-    from clr_jax.harness.jobs import plot_curves
+    from clr_jax.harness.rundir import read_metrics
     from clr_jax.harness.train import train
 
     dataset = _load_data(args)
@@ -278,17 +338,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError("give --step-size or --step-size-epochs, not both")
         args.step_size = clr_jax.step_size_from_epochs(
             args.step_size_epochs, len(dataset.train_labels), args.batch_size)
-    schedule = schedule_from_args(args)
-    eval_every = args.eval_every if args.eval_every is not None else max(1, num_steps // 10)
-    log_every = args.log_every if args.log_every is not None else max(1, min(100, eval_every))
-    config = _train_config(args, num_steps, eval_every, log_every=log_every,
-                           checkpoint_every=args.checkpoint_every)
-    describe = {"dataset": args.dataset, "schedule": {
-        key: getattr(args, key) for key in ("policy", "stage", *_SCHEDULE_KEYS)
-        if getattr(args, key) is not None}}
-    summary = train(config, dataset, schedule, args.out, resume=args.resume,
-                    overwrite=args.overwrite, progress=not args.no_progress, describe=describe)
-    plotting.save_figure(plot_curves({"run": args.out}), args.out / "learning_curves.png")
+    config = _train_config(args, num_steps, schedule=schedule_stages(args))
+    summary = train(config, dataset, args.out, resume=args.resume, overwrite=args.overwrite,
+                    progress=not args.no_progress, describe={"dataset": args.dataset},
+                    tensorboard=args.tensorboard)
+    plotting.save_figure(plotting.plot_learning_curves(
+        {"run": read_metrics(args.out / "metrics.jsonl")}), args.out / "learning_curves.png")
     print(f"final test accuracy {summary['final_test_accuracy']:.4f} "
           f"(best {summary['best_test_accuracy']:.4f} at step {summary['best_step']}), "
           f"{summary['images_per_second']:.0f} images/s")
@@ -315,7 +370,7 @@ _TRAIN_FLAGS = {"model": "model", "optimizer": "optimizer", "momentum": "momentu
                 "weight_decay": "weight_decay", "batch_size": "batch_size", "seed": "seed",
                 "preprocess": "preprocess", "augment": "augment", "num_steps": "steps",
                 "eval_every": "eval_every", "log_every": "log_every",
-                "checkpoint_every": "checkpoint_every"}
+                "checkpoint_every": "checkpoint_every", "kernels": "kernels"}
 
 
 def _sweep_file_defaults(train: dict) -> dict:
@@ -333,7 +388,8 @@ def _sweep_file_defaults(train: dict) -> dict:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from clr_jax.harness.sweep import load_members, parse_members, sweep
+    from clr_jax.harness.members import load_members, parse_members
+    from clr_jax.harness.sweep import sweep
 
     if bool(args.config) == bool(args.member):
         raise UsageError("give the members with --config FILE or with --member (repeated), "
@@ -341,17 +397,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     members = load_members(args.config)[1] if args.config else parse_members(args.member)
     dataset = _load_data(args)
     num_steps = _steps(args, dataset)
-    eval_every = args.eval_every if args.eval_every is not None else max(1, num_steps // 10)
-    log_every = args.log_every if args.log_every is not None else max(1, min(100, eval_every))
-    config = _train_config(args, num_steps, eval_every, log_every=log_every,
-                           checkpoint_every=args.checkpoint_every,
-                           **getattr(args, "_train_extra", {}))
+    config = _train_config(args, num_steps, **getattr(args, "_train_extra", {}))
     summary = sweep(config, dataset, members, args.out, resume=args.resume,
                     overwrite=args.overwrite, progress=not args.no_progress,
                     members_per_chunk=args.members_per_chunk,
                     member_devices=args.member_devices,
                     target_accuracy=args.target_accuracy,
-                    describe={"dataset": args.dataset})
+                    describe={"dataset": args.dataset}, tensorboard=args.tensorboard)
     print((args.out / "table.md").read_text(), end="")
     print(f"{len(members)} members in {summary['wall_seconds_this_session']:.0f} s "
           f"({summary['members_per_chunk']} per chunk); wrote {args.out / 'sweep.json'}, "
@@ -370,6 +422,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from clr_jax.range_test import MODES
+    from clr_jax.suggest import METHODS
+
     parser = _Parser(
         prog="clr-jax",
         description="Cyclical learning rates and the LR range test for JAX.",
@@ -409,9 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_model_flags(range_test, steps_help="length of the ramp in steps")
     range_test.add_argument("--min-lr", type=float, default=1e-4)
     range_test.add_argument("--max-lr", type=float, default=0.02)
-    range_test.add_argument("--mode", choices=("linear", "exponential"), default="linear")
+    range_test.add_argument("--mode", choices=MODES, default="linear")
     range_test.add_argument("--method", action="append",
-                            choices=("paper", "paper_peak", "steepest", "valley", "minimum"),
+                            choices=[m for m in METHODS if m != "auto"],
                             help="suggestion rule (repeat; default: all)")
     range_test.set_defaults(run=_cmd_range_test)
 
@@ -422,10 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_model_flags(train, steps_help="training steps")
     _add_schedule_flags(train)
     train.add_argument("--step-size-epochs", type=float, help="step size in epochs")
-    train.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
-    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its latest checkpoint")
+    _add_loop_flags(train, "run")
     train.set_defaults(run=_cmd_train)
 
     sweep = commands.add_parser(
@@ -439,10 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="'NAME POLICY key=value ...' (repeat for each member), e.g. "
                          "'tri triangular base_lr=0.001 max_lr=0.006 step_size=2000'")
     _add_data_model_flags(sweep, steps_help="training steps for every member")
-    sweep.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
-    sweep.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    sweep.add_argument("--resume", action="store_true",
-                       help="continue the sweep in --out from its latest checkpoint")
+    _add_loop_flags(sweep, "sweep")
     sweep.add_argument("--members-per-chunk", type=int,
                        help="members trained at once (default: as many as fit; one on "
                        "CPU for convolutional models)")
@@ -462,11 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
         args = parser.parse_args(argv)
-        if args.command != "schedule" and _harness_names()[0] is None:
+        if args.command != "schedule" and _harness_names() is None:
             raise UsageError(HARNESS_MISSING)
         if args.command == "sweep" and args.config is not None:
             # the file's [train] table replaces the defaults; flags given still win
-            from clr_jax.harness.sweep import load_members
+            from clr_jax.harness.members import load_members
 
             train_settings = load_members(args.config)[0]
             commands = next(a for a in parser._actions
@@ -478,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clr-jax: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, OSError) as error:
-        print(f"clr-jax: error: {error}", file=sys.stderr)
+        print(f"clr-jax: error: {in_flags(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         hint = ""

@@ -1,4 +1,4 @@
-"""Matplotlib figures: schedules (and, with the harness, range tests and learning curves).
+"""Matplotlib figures: schedules, range tests, learning curves and accuracy curves.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, not ``pyplot``, so they
 need no display, hold no global state and are safe to make from scripts and tests.
@@ -16,17 +16,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clr_jax._io import atomic_write
+from clr_jax.range_test import ParallelRangeTestResult, RangeTestResult
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from clr_jax.range_test import ParallelRangeTestResult, RangeTestResult
     from clr_jax.suggest import Bounds
 
-__all__ = ["plot_range_test", "plot_schedule", "save_figure", "schedule_values"]
+__all__ = ["figure", "plot_accuracy", "plot_learning_curves", "plot_lines", "plot_range_test",
+           "plot_schedule", "save_figure", "schedule_values"]
 
 
-def _figure(figsize: tuple[float, float] = (7.0, 3.5)) -> Figure:
+def figure(figsize: tuple[float, float] = (7.0, 3.5)) -> Figure:
+    """A new matplotlib Figure with constrained layout (no pyplot, no global state)."""
     try:
         from matplotlib.figure import Figure
     except ImportError as error:  # pragma: no cover - depends on the environment
@@ -66,10 +70,10 @@ def plot_schedule(
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps!r}.")
     if ax is None:
-        figure = _figure()
-        ax = figure.subplots()
+        fig = figure()
+        ax = fig.subplots()
     else:
-        figure = ax.figure
+        fig = ax.figure
     if callable(schedules):
         schedules = {"": schedules}
     steps = np.arange(num_steps)
@@ -84,18 +88,13 @@ def plot_schedule(
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    return figure
+    return fig
 
 
-def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: int = 120) -> None:
-    """Saves a figure as PNG, writing a temporary file first so a crash leaves no
-    half-written image behind."""
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    figure.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, path)
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> None:
+    """Saves a figure as PNG, atomically (a crash leaves no half-written image)."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png")
 
 
 _BOUND_COLOURS = ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive")
@@ -124,22 +123,19 @@ def plot_range_test(
     Returns:
       The matplotlib Figure.
     """
-    from clr_jax.range_test import ParallelRangeTestResult
-
-    figure = _figure((7.5, 4.0))
-    ax = figure.subplots()
+    fig = figure((7.5, 4.0))
+    ax = fig.subplots()
     parallel = isinstance(result, ParallelRangeTestResult)
     if parallel:
-        order = np.argsort(result.learning_rates)
-        lrs = result.learning_rates[order]
-        final = result.final_losses[:, order]
+        result = result.sorted_by_rate()
+        lrs, final = result.learning_rates, result.final_losses
         mean, std = final.mean(axis=0), final.std(axis=0)
         ax.plot(lrs, mean, "o-", color="tab:blue", label="final loss (mean over seeds)")
         if final.shape[0] > 1:
             ax.fill_between(lrs, mean - std, mean + std, color="tab:blue", alpha=0.2,
                             label="+- 1 std over seeds")
         eval_lrs = lrs
-        metrics = {k: x[:, order] for k, x in result.eval_metrics.items()}
+        metrics = result.eval_metrics
         default_log = lrs[-1] / lrs[0] > 20
     else:
         lrs = result.learning_rates
@@ -179,7 +175,90 @@ def plot_range_test(
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    if result.__class__.__name__ == "RangeTestResult" and result.stop_reason:
+    if isinstance(result, RangeTestResult) and result.stop_reason:
         ax.annotate(f"stopped: {result.stop_reason} at step {result.stop_step}",
                     xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=8)
-    return figure
+    return fig
+
+
+def plot_learning_curves(runs: Mapping[str, Sequence[Mapping]], *, title: str | None = None
+                         ) -> Figure:
+    """Training loss and test accuracy against the step, for runs' metrics rows.
+
+    Args:
+      runs: label -> the rows of a run's metrics.jsonl (each with ``step`` and ``loss``,
+        and ``test_accuracy`` where evaluated;
+        `clr_jax.harness.rundir.read_metrics` reads them).
+      title: the figure title.
+
+    Returns:
+      The matplotlib Figure.
+    """
+    fig = figure((9.0, 3.6))
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for label, rows in runs.items():
+        loss_ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
+        evaluated = [r for r in rows if "test_accuracy" in r]
+        acc_ax.plot([r["step"] for r in evaluated], [r["test_accuracy"] for r in evaluated],
+                    "o-", ms=3, label=label)
+    loss_ax.set(xlabel="step", ylabel="training loss (mean over the logged interval)")
+    acc_ax.set(xlabel="step", ylabel="test accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_lines(lines: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+               xlabel: str, ylabel: str, title: str | None = None,
+               hline: tuple[float, str] | None = None, marker: str | None = None,
+               figsize: tuple[float, float] = (7.0, 3.5)) -> Figure:
+    """Labelled (x, y) lines on one axes; None values in y are gaps.
+
+    Args:
+      lines: label -> (x values, y values).
+      xlabel: the x-axis label.
+      ylabel: the y-axis label.
+      title: the axes title.
+      hline: an optional (y, label) horizontal reference line.
+      marker: a matplotlib marker for the points.
+      figsize: the figure size in inches.
+
+    Returns:
+      The matplotlib Figure.
+    """
+    fig = figure(figsize)
+    ax = fig.add_subplot()
+    for label, (x, y) in lines.items():
+        ax.plot(x, [np.nan if value is None else value for value in y], marker=marker,
+                label=label)
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linestyle=":", label=hline[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_accuracy(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+                  target: float | None = None, title: str | None = None,
+                  figsize: tuple[float, float] = (7.0, 3.5)) -> Figure:
+    """Test accuracy against the iteration for several runs, with an optional target.
+
+    Args:
+      curves: label -> (evaluated iterations, test accuracies).
+      target: a reference accuracy drawn as a horizontal line.
+      title: the axes title.
+      figsize: the figure size in inches.
+
+    Returns:
+      The matplotlib Figure.
+    """
+    return plot_lines(curves, xlabel="iteration", ylabel="test accuracy", title=title,
+                      hline=None if target is None else (target, f"target {target:.3f}"),
+                      marker=".", figsize=figsize)

@@ -20,16 +20,16 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clr_jax import _backend
 from clr_jax import _validation as v
-from clr_jax._io import write_json
+from clr_jax._io import float_array, jsonable, write_json
 
 __all__ = [
     "ParallelRangeTestResult",
@@ -82,7 +82,7 @@ class RangeTestResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN written as None)."""
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Writes `to_dict` as JSON, atomically."""
@@ -94,8 +94,8 @@ class RangeTestResult:
         data = dict(data)
         for key in ("learning_rates", "losses", "smoothed_losses", "eval_steps",
                     "eval_learning_rates"):
-            data[key] = _array(data[key])
-        data["eval_metrics"] = {k: _array(x) for k, x in data["eval_metrics"].items()}
+            data[key] = float_array(data[key])
+        data["eval_metrics"] = {k: float_array(x) for k, x in data["eval_metrics"].items()}
         return cls(**data)
 
 
@@ -133,30 +133,30 @@ class ParallelRangeTestResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN written as None)."""
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Writes `to_dict` as JSON, atomically."""
         write_json(path, self.to_dict())
 
+    def sorted_by_rate(self) -> ParallelRangeTestResult:
+        """The same result with the rates (and every per-rate array) in rising order."""
+        order = np.argsort(self.learning_rates)
+        return dataclasses.replace(
+            self, learning_rates=self.learning_rates[order], losses=self.losses[:, order],
+            final_losses=self.final_losses[:, order],
+            eval_metrics={k: x[:, order] for k, x in self.eval_metrics.items()})
 
-def _array(values) -> np.ndarray:
-    return np.array([np.nan if x is None else x for x in np.ravel(values)], dtype=np.float64
-                    ).reshape(np.shape(values)) if len(np.ravel(values)) else np.zeros(0)
 
+class _Carry(NamedTuple):
+    """What the range test's steps carry from one to the next."""
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(x) for k, x in value.items()}
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(x) for x in value]
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    params: Any
+    opt_state: Any
+    average: jax.Array  # the loss's moving average, before bias correction
+    best: jax.Array  # the lowest smoothed loss so far
+    stopped: jax.Array
+    step: jax.Array  # updates applied
 
 
 def ramp(min_lr: float, max_lr: float, num_steps: int, mode: str = "linear") -> optax.Schedule:
@@ -170,37 +170,6 @@ def ramp(min_lr: float, max_lr: float, num_steps: int, mode: str = "linear") -> 
         return min_lr + (max_lr - min_lr) * frac
 
     return schedule
-
-
-def _uses_convolution(fn: Callable, *args) -> bool:
-    """Whether ``jax.grad`` of ``fn`` at these arguments contains a convolution."""
-    def walk(jaxpr) -> bool:
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                return True
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                if walk(sub):
-                    return True
-        return False
-
-    return walk(jax.make_jaxpr(jax.grad(fn))(*args).jaxpr)
-
-
-def _group_size(chunk: int, convolutional: bool) -> tuple[int, bool]:
-    """(steps per compiled call, whether to unroll them).
-
-    XLA's CPU backend runs convolution gradients inside a while loop (what an
-    un-unrolled ``lax.scan`` becomes) about 15x slower than outside one, while for
-    matrix-multiply models the loop is as fast and unrolling only costs compile time
-    (both measured, see benchmarks/RESULTS.md). So on CPU, models with convolutions run
-    their steps in fully unrolled groups of at most 16, called back to back from Python
-    (dispatch is asynchronous, so the host still waits only at the end of a chunk);
-    everything else runs a whole chunk in one ``lax.scan``.
-    """
-    if jax.default_backend() != "cpu" or not convolutional:
-        return chunk, False
-    group = max(d for d in range(1, min(chunk, 16) + 1) if chunk % d == 0)
-    return group, True
 
 
 def _takes_key(loss_fn: Callable) -> bool:
@@ -367,7 +336,7 @@ def range_test(
         # steps of the chunk still run (at most one chunk is wasted) but are not
         # recorded, which keeps the common, non-diverging path as cheap as plain
         # training. Parameters after a non-finite step are never evaluated.
-        p, opt_state, avg, best, stopped, t = carry
+        p, opt_state, avg, best, stopped, t = carry  # a _Carry
         loss, grads = jax.value_and_grad(loss_at)(p, batch, t)
         loss = jnp.asarray(loss, jnp.float32)
         updates, new_state = tx.update(grads, opt_state, p)
@@ -378,9 +347,9 @@ def range_test(
         reason = jnp.where(~jnp.isfinite(loss), 2, jnp.where(diverged, 1, 0))
         new_best = jnp.where(t == 0, smoothed, jnp.minimum(best, smoothed))
         active = ~stopped
-        out = (new_p, new_state, jnp.where(active, new_avg, avg),
-               jnp.where(active, new_best, best),
-               stopped | (reason > 0) | (t + 1 >= num_steps), jnp.where(active, t + 1, t))
+        out = _Carry(new_p, new_state, jnp.where(active, new_avg, avg),
+                     jnp.where(active, new_best, best),
+                     stopped | (reason > 0) | (t + 1 >= num_steps), jnp.where(active, t + 1, t))
         nan = jnp.float32(jnp.nan)
         return out, (jnp.where(active, loss, nan), jnp.where(active, smoothed, nan),
                      jnp.where(active, reason, -1))
@@ -394,14 +363,14 @@ def range_test(
         except StopIteration:
             raise ValueError("batches is empty; give at least num_steps batches.") from None
         iterator = itertools.chain([first_batch], iterator)
-    group, unroll = _group_size(chunk, _uses_convolution(
+    group, unroll = _backend.group_size(chunk, _backend.uses_convolution(
         lambda p: loss_at(p, first_batch, jnp.int32(0)), params))
     jit = functools.partial(jax.jit, compiler_options=compiler_options)
     if num_batches is not None:
         @jit
         def run_group(carry, all_batches):
             def body(c, _):
-                batch = jax.tree.map(lambda x: x[c[-1] % num_batches], all_batches)
+                batch = jax.tree.map(lambda x: x[c.step % num_batches], all_batches)
                 return step(c, batch)
             return jax.lax.scan(body, carry, None, length=group, unroll=unroll)
     else:
@@ -422,8 +391,8 @@ def range_test(
 
     # Copies, so nothing the caller holds is donated or aliased.
     params0 = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-    carry = (params0, tx.init(params0), jnp.float32(0.0), jnp.float32(jnp.inf),
-             jnp.bool_(False), jnp.int32(0))
+    carry = _Carry(params0, tx.init(params0), jnp.float32(0.0), jnp.float32(jnp.inf),
+                   jnp.bool_(False), jnp.int32(0))
     losses, smoothed, reasons = [], [], []
     eval_steps, eval_metrics = [], {}
     bar = _progress(num_steps, "range test", progress)
@@ -456,10 +425,10 @@ def range_test(
         # stop, and parameters after a non-finite loss are meaningless.
         full_chunk = ran == chunk and not (ran and r[ran - 1] == 2)
         if eval_fn is not None and full_chunk and done % eval_every == 0:
-            for name, value in eval_fn(carry[0]).items():
+            for name, value in eval_fn(carry.params).items():
                 eval_metrics.setdefault(name, []).append(float(value))
             eval_steps.append(done)
-        if bool(carry[4]):
+        if bool(carry.stopped):
             break
     if bar is not None:
         bar.close()
@@ -504,10 +473,10 @@ def parallel_range_test(
     """Trains K copies at K fixed learning rates at once, in one vmapped program.
 
     Each member starts from ``params`` (or from ``init_fn(key)`` for its seed), sees the
-    same batches, and trains ``num_steps`` steps at its own constant rate. On GPU and
-    TPU the members are vmapped into one program; on CPU, where XLA's vmapped
-    convolutions are slower than separate runs, they run one after another through
-    the same compiled functions (one compilation either way). With several
+    same batches, and trains ``num_steps`` steps at its own constant rate. The members
+    are vmapped into one program, except convolutional models on CPU, where XLA's
+    vmapped convolutions are slower than separate runs: they run one after another
+    through the same compiled functions (one compilation either way). With several
     seeds the spread across seeds gives a confidence band. Bounds are read from the
     result with `clr_jax.suggest_bounds` exactly as from a `range_test`.
 
@@ -529,7 +498,7 @@ def parallel_range_test(
       diverge_threshold: members whose final loss exceeds this multiple of their first
         loss count as diverged.
       vectorize: vmap the members into one program (True) or run them one after
-        another (False); by default True except on CPU.
+        another (False); by default True except for convolutional models on CPU.
       progress: show a progress bar (needs tqdm).
       compiler_options: XLA options for compiling the steps, as in `range_test`.
 
@@ -569,9 +538,11 @@ def parallel_range_test(
 
     first_batch = jax.tree.map(lambda x: x[0], batches)
     first_params = init_fn(jax.random.key(0)) if init_fn is not None else params
-    convolutional = _uses_convolution(lambda p: loss_fn(p, first_batch, key=jax.random.key(0))
-                                      if takes_key else loss_fn(p, first_batch), first_params)
-    group, unroll = _group_size(16 if convolutional else num_steps, convolutional)
+    convolutional = _backend.uses_convolution(
+        lambda p: loss_fn(p, first_batch, key=jax.random.key(0)) if takes_key
+        else loss_fn(p, first_batch), first_params)
+    group, unroll = _backend.group_size(
+        _backend.MAX_UNROLLED_STEPS if convolutional else num_steps, convolutional)
     num_groups = math.ceil(num_steps / group)
 
     def start(lr, seed):
@@ -612,7 +583,7 @@ def parallel_range_test(
     seeds_array = jnp.asarray(seeds, jnp.uint32)
     jit = functools.partial(jax.jit, compiler_options=compiler_options)
     if vectorize is None:
-        vectorize = jax.default_backend() != "cpu"
+        vectorize = _backend.vmap_members(convolutional)
     if vectorize:
         def both(f, in_axes):  # vmap over rates (inner) and seeds (outer)
             return jit(jax.vmap(jax.vmap(f, in_axes=in_axes[0]), in_axes=in_axes[1]))

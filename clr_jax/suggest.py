@@ -64,14 +64,12 @@ def _curves(result) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.nd
         return (result.learning_rates, result.smoothed_losses, result.eval_learning_rates,
                 result.eval_metrics)
     if isinstance(result, ParallelRangeTestResult):
-        order = np.argsort(result.learning_rates)
-        lrs = result.learning_rates[order]
-        final = result.final_losses[:, order]
+        result = result.sorted_by_rate()
         # A rate where any seed diverged counts as diverged.
-        diverged = result.diverged[:, order].any(axis=0)
-        losses = np.where(diverged, np.nan, final.mean(axis=0))
-        metrics = {k: x[:, order].mean(axis=0) for k, x in result.eval_metrics.items()}
-        return lrs, losses, lrs, metrics
+        diverged = result.diverged.any(axis=0)
+        losses = np.where(diverged, np.nan, result.final_losses.mean(axis=0))
+        metrics = {k: x.mean(axis=0) for k, x in result.eval_metrics.items()}
+        return result.learning_rates, losses, result.learning_rates, metrics
     raise ValueError(
         f"result must be a RangeTestResult or ParallelRangeTestResult, got {type(result)!r}."
     )

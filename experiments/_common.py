@@ -1,7 +1,9 @@
-"""Shared by the experiment scripts: metadata, and a sweep run written as one result file."""
+"""Shared by the experiment scripts: metadata, result files, and resumable sweeps."""
 
 import json
+import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,10 +16,27 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 
 
+def commit() -> str | None:
+    """The git commit the code runs from."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=ROOT).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def metadata() -> dict:
     return {"device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "machine": platform.machine(), "clr_jax": clr_jax.__version__,
-            "jax": jax.__version__}
+            "jax": jax.__version__, "commit": commit()}
+
+
+def write_json(path: Path, data) -> None:
+    """Writes a result file atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def data_name(path) -> str:

@@ -16,11 +16,9 @@ import argparse
 import os
 from pathlib import Path
 
-import clr_jax
 from clr_jax import plotting
-from clr_jax.harness.data import load_dataset
-from clr_jax.harness.jobs import plot_curves
-from clr_jax.harness.train import TrainConfig, train
+from clr_jax.harness import TrainConfig, load_dataset, read_metrics
+from clr_jax.harness.train import train
 
 OUT = Path(__file__).resolve().parent / "results" / "caffe_cifar10_cpu"
 
@@ -35,14 +33,14 @@ def main():
     if not args.data:
         parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
     config = TrainConfig(num_steps=args.steps, eval_every=250, log_every=50,
-                         checkpoint_every=500, eval_batch_size=500)
-    schedule = clr_jax.triangular2(0.001, 0.006, 500)
-    summary = train(config, load_dataset(args.data), schedule, args.out, resume=args.resume,
-                    describe={"data": "CIFAR-10 (JPEG copy)", "scale": "cpu (scaled down)",
-                              "schedule": "triangular2 0.001-0.006, step size 500"})
-    plotting.save_figure(plot_curves({"triangular2 0.001-0.006": args.out},
-                                     title="Caffe CIFAR-10 net, CIFAR-10 (JPEG copy), CPU"),
-                         args.out / "learning_curves.png")
+                         checkpoint_every=500, eval_batch_size=500,
+                         schedule={"policy": "triangular2", "base_lr": 0.001, "max_lr": 0.006,
+                                   "step_size": 500})
+    summary = train(config, load_dataset(args.data), args.out, resume=args.resume,
+                    describe={"data": "CIFAR-10 (JPEG copy)", "scale": "cpu (scaled down)"})
+    plotting.save_figure(plotting.plot_learning_curves(
+        {"triangular2 0.001-0.006": read_metrics(args.out / "metrics.jsonl")},
+        title="Caffe CIFAR-10 net, CIFAR-10 (JPEG copy), CPU"), args.out / "learning_curves.png")
     print(summary["final_test_accuracy"], summary["images_per_second"])
 
 

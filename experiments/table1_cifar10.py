@@ -38,18 +38,15 @@ docs/images/table1_cifar10_<scale>.png.
 import argparse
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
-import jax
 import optax
+from _common import commit, metadata, write_json
 
 import clr_jax
-from clr_jax._io import write_json
-from clr_jax.harness.data import load_dataset
-from clr_jax.harness.train import TrainConfig, train
+from clr_jax.harness import TrainConfig, load_dataset
+from clr_jax.harness.train import train
 from clr_jax.policies import make_schedule, staged
 
 OUT = Path(__file__).resolve().parent / "results" / "table1"
@@ -123,33 +120,24 @@ def main(argv=None):
             summary = json.loads((folder / "summary.json").read_text())
         else:
             started = time.perf_counter()
-            summary = train(config, dataset, schedule, folder, resume=resume,
+            summary = train(config, dataset, folder, schedule=schedule, resume=resume,
                             overwrite=not resume, progress=not args.no_progress,
                             describe={"policy": name, "data": "CIFAR-10 (JPEG copy)",
                                       "scale": args.scale})
             summary["wall_seconds_total"] = time.perf_counter() - started
-            summary["commit"] = _commit()
+            summary["commit"] = commit()
             write_json(folder / "summary.json", summary)
         results[run_name] = {k: summary.get(k) for k in (
             "final_test_accuracy", "best_test_accuracy", "best_step", "steps",
             "images_per_second", "device", "wall_seconds_this_session", "fingerprint",
             "commit")}
-        results[run_name]["machine"] = platform.machine()
-        results[run_name]["jax"] = jax.__version__
+        results[run_name].update({k: val for k, val in metadata().items()
+                                  if k in ("machine", "jax")})
         args.out.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{run_name:22s} {summary['final_test_accuracy']:.4f} after {summary['steps']} "
               f"iterations ({summary['images_per_second']:.0f} images/s)", flush=True)
     report(args)
-
-
-def _commit() -> str | None:
-    """The git commit the code runs from (recorded in each run's config and summary)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 PAPER = {"fixed": (70_000, 81.4), "triangular2": (25_000, 81.4), "decay": (25_000, 78.5),
@@ -205,8 +193,7 @@ def report(args) -> dict:
               "data": "CIFAR-10 (JPEG copy)", "target_fixed_final": target,
               "equal_budget_steps": budget, "policies": runs,
               "assumptions": __doc__.split("Policies and lengths")[1].split("--scale")[0],
-              "machine": platform.machine(), "jax": jax.__version__,
-              "clr_jax": clr_jax.__version__}
+              **metadata()}
     results_dir = args.report_dir or Path(__file__).resolve().parent / "results"
     images_dir = args.report_dir or Path(__file__).resolve().parents[1] / "docs" / "images"
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -228,15 +215,9 @@ def report(args) -> dict:
     table = "\n".join(lines) + "\n"
     (results_dir / f"table1_cifar10_{label}.md").write_text(table)
     print(table)
-    figure = plotting._figure((8.0, 4.0))
-    ax = figure.add_subplot()
-    for name, run in runs.items():
-        ax.plot(run["eval_steps"], run["test_accuracy"], marker=".", label=name)
-    if target is not None:
-        ax.axhline(target, color="grey", linestyle=":", label="fixed's final")
-    ax.set(xlabel="iteration", ylabel="test accuracy",
-           title=f"Table 1 policies on CIFAR-10 ({scale_text})")
-    ax.legend(fontsize="small")
+    curves = {name: (run["eval_steps"], run["test_accuracy"]) for name, run in runs.items()}
+    figure = plotting.plot_accuracy(curves, target=target, figsize=(8.0, 4.0),
+                                    title=f"Table 1 policies on CIFAR-10 ({scale_text})")
     plotting.save_figure(figure, images_dir / f"table1_cifar10_{label}.png")
     return result
 

@@ -10,37 +10,8 @@ import optax
 import pytest
 
 import clr_jax
-from clr_jax import plotting
-
-# Stochastic least squares: loss = mean((x.w - y)^2) with E[x x^T] = diag(VARIANCES).
-# Its Hessian is 2 diag(VARIANCES), so gradient descent diverges for
-# lr > 2 / (2 * max variance) = 1.0.
-VARIANCES = np.array([1.0, 0.5, 0.25, 0.1, 0.05])
-CRITICAL_LR = 2 / (2 * VARIANCES.max())
-
-
-def least_squares(num_batches=300, batch=256, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(num_batches, batch, VARIANCES.size)) * np.sqrt(VARIANCES)
-    w = rng.normal(size=VARIANCES.size)
-    y = x @ w + 0.1 * rng.normal(size=(num_batches, batch))
-    return {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(y, jnp.float32)}
-
-
-def loss_fn(w, batch):
-    return jnp.mean((batch["x"] @ w - batch["y"]) ** 2)
-
-
-@pytest.fixture(scope="module")
-def batches():
-    return least_squares()
-
-
-@pytest.fixture(scope="module")
-def linear_result(batches):
-    return clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.01, max_lr=3.0,
-                              num_steps=300)
-
+from clr_jax import _backend, plotting
+from tests.helpers import CRITICAL_LR, least_squares, loss_fn, synthetic_result
 
 class TestDivergence:
     def test_stops_soon_after_critical_rate(self, linear_result):
@@ -190,52 +161,6 @@ class TestMechanics:
         assert back.stop_reason == r.stop_reason and back.stop_step == r.stop_step
 
 
-def synthetic_result(rates, accuracy):
-    n = len(rates)
-    return clr_jax.RangeTestResult(
-        learning_rates=np.asarray(rates), losses=np.ones(n), smoothed_losses=np.ones(n),
-        eval_steps=np.arange(1, n + 1), eval_learning_rates=np.asarray(rates),
-        eval_metrics={"accuracy": np.asarray(accuracy)}, stop_reason=None, stop_step=None,
-        mode="linear", min_lr=float(rates[0]), max_lr=float(rates[-1]), num_steps=n)
-
-
-class TestPaperRule:
-    def test_known_rise_and_plateau(self):
-        """Accuracy rises linearly from 10% at 0.001 to 70% at 0.006, holds, then falls."""
-        rng = np.random.default_rng(0)
-        rates = np.linspace(0.0001, 0.01, 100)
-        clean = 0.1 + 0.6 * np.clip((rates - 0.001) / 0.005, 0, 1)
-        clean = np.where(rates > 0.008, clean - 40 * (rates - 0.008), clean)
-        noisy = clean + rng.uniform(-0.01, 0.01, rates.size)
-        b = clr_jax.suggest_bounds(synthetic_result(rates, noisy), "paper")
-        # 10% of the rise is made at 0.0015, 90% at 0.0055.
-        assert 0.0012 <= b.base_lr <= 0.002
-        assert 0.005 <= b.max_lr <= 0.0062
-        peak = clr_jax.suggest_bounds(synthetic_result(rates, noisy), "paper_peak")
-        assert 0.006 <= peak.max_lr <= 0.008 and peak.base_lr == pytest.approx(peak.max_lr / 4)
-
-    def test_single_outlier_is_ignored(self):
-        rates = np.linspace(0.001, 0.01, 10)
-        acc = np.array([0.1, 0.1, 0.9, 0.1, 0.2, 0.4, 0.6, 0.7, 0.7, 0.7])
-        b = clr_jax.suggest_bounds(synthetic_result(rates, acc), "paper")
-        # Running median: [.1 .1 .1 .2 .2 .4 .6 .7 .7 .7]; the 0.9 spike is gone. The rise
-        # is 0.6: 10% (0.16) is first reached at index 3, 90% (0.64) at index 7.
-        assert b.base_lr == pytest.approx(rates[3]) and b.max_lr == pytest.approx(rates[7])
-
-    def test_auto_picks_paper_with_accuracy(self):
-        rates = np.linspace(0.001, 0.01, 10)
-        acc = np.linspace(0.1, 0.8, 10)
-        assert clr_jax.suggest_bounds(synthetic_result(rates, acc)).method == "paper"
-
-    @pytest.mark.parametrize("accuracy, match", [
-        (np.full(10, 0.5), "rises by only"),
-        (np.r_[np.full(8, np.nan), 0.1, 0.2], "needs at least 3 finite 'accuracy' points"),
-    ])
-    def test_errors(self, accuracy, match):
-        with pytest.raises(ValueError, match=match):
-            clr_jax.suggest_bounds(synthetic_result(np.linspace(0.1, 1, 10), accuracy), "paper")
-
-
 @pytest.fixture(scope="module")
 def parallel_result(batches):
     return clr_jax.parallel_range_test(
@@ -346,19 +271,6 @@ def test_mismatched_batch_axes():
         clr_jax.range_test(loss_fn, jnp.zeros(5), bad, min_lr=0.01, max_lr=0.1, num_steps=10)
 
 
-def test_suggest_errors(linear_result):
-    with pytest.raises(ValueError, match="method must be one of"):
-        clr_jax.suggest_bounds(linear_result, "fastest")
-    with pytest.raises(ValueError, match="reads the 'accuracy' metric"):
-        clr_jax.suggest_bounds(linear_result, "paper")
-    short = clr_jax.range_test(loss_fn, jnp.zeros(5), least_squares(), min_lr=5.0,
-                               max_lr=50.0, num_steps=50)
-    with pytest.raises(ValueError, match="needs at least 5 finite loss points"):
-        clr_jax.suggest_bounds(short, "minimum")
-    with pytest.raises(ValueError, match="result must be"):
-        clr_jax.suggest_bounds({"losses": []}, "minimum")
-
-
 def test_plots(tmp_path, linear_result):
     bounds = [clr_jax.suggest_bounds(linear_result, m) for m in ("steepest", "valley")]
     plotting.save_figure(plotting.plot_range_test(linear_result, bounds), tmp_path / "a.png")
@@ -369,10 +281,13 @@ def test_plots(tmp_path, linear_result):
     assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").exists()
 
 
-def test_convolutional_models_take_the_unrolled_path_with_same_numbers():
+def test_convolutional_models_take_the_unrolled_path_with_same_numbers(monkeypatch):
     """On CPU a conv model runs in unrolled groups; losses equal a plain Python loop."""
     rt = importlib.import_module("clr_jax.range_test")  # the module, not the function
-
+    shapes = []
+    group_size = _backend.group_size
+    monkeypatch.setattr(_backend, "group_size",
+                        lambda chunk, conv: shapes.append(group_size(chunk, conv)) or shapes[-1])
     rng = np.random.default_rng(0)
     batches = {"x": jnp.asarray(rng.normal(size=(12, 4, 8, 8, 3)), jnp.float32),
                "y": jnp.asarray(rng.integers(0, 2, (12, 4)), jnp.int32)}
@@ -384,11 +299,10 @@ def test_convolutional_models_take_the_unrolled_path_with_same_numbers():
         logits = y.mean(axis=(1, 2))
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
 
-    assert rt._uses_convolution(lambda p: conv_loss(p, jax.tree.map(lambda x: x[0], batches)),
-                                params)
-    assert not rt._uses_convolution(lambda w: loss_fn(w, jax.tree.map(lambda x: x[0],
-                                                                         least_squares(2))),
-                                    jnp.zeros(5))
+    assert _backend.uses_convolution(
+        lambda p: conv_loss(p, jax.tree.map(lambda x: x[0], batches)), params)
+    assert not _backend.uses_convolution(
+        lambda w: loss_fn(w, jax.tree.map(lambda x: x[0], least_squares(2))), jnp.zeros(5))
     result = clr_jax.range_test(conv_loss, params, batches, min_lr=0.01, max_lr=0.5,
                                 num_steps=12, eval_fn=lambda p: {"n": jnp.sum(p["k"] ** 2)},
                                 eval_every=6)
@@ -401,21 +315,5 @@ def test_convolutional_models_take_the_unrolled_path_with_same_numbers():
         expected.append(float(loss))
     np.testing.assert_allclose(result.losses, expected, rtol=1e-5)
     assert result.eval_metrics["n"][-1] == pytest.approx(float(jnp.sum(p["k"] ** 2)), rel=1e-5)
-
-
-class TestLossRulesSkipStart:
-    def test_steepest_with_skipped_start_and_a_late_minimum(self):
-        """Regression: with skip_start > 0 the steepest point was indexed off the window
-        (an IndexError on a 1,000-step CIFAR-10 test). loss = -tanh(log r - log 0.012)
-        falls fastest at r = 0.012, then rises after its minimum near 0.015."""
-        rates = np.linspace(1e-5, 0.02, 1000)
-        loss = -np.tanh(np.log(rates) - np.log(0.012)) + 50 * np.clip(rates - 0.015, 0, None)
-        n = rates.size
-        result = clr_jax.RangeTestResult(
-            learning_rates=rates, losses=loss, smoothed_losses=loss,
-            eval_steps=np.arange(0), eval_learning_rates=np.zeros(0), eval_metrics={},
-            stop_reason=None, stop_step=None, mode="linear", min_lr=1e-5, max_lr=0.02,
-            num_steps=n)
-        b = clr_jax.suggest_bounds(result, "steepest", skip_start=0.3)
-        assert b.max_lr == pytest.approx(0.012, rel=0.01)
-        assert b.evidence["steepest_slope_per_log_lr"] == pytest.approx(-1, abs=0.01)
+    # the path taken: 6-step chunks, unrolled whole on CPU, one scan elsewhere
+    assert shapes == [(6, jax.default_backend() == "cpu")]

@@ -1,4 +1,4 @@
-"""Sweeps: vectorised schedules, members equal to single runs, sharding, errors, reports."""
+"""Sweeps: members equal to single runs, sharding, resume, divergence, reports, files."""
 
 import csv
 import json
@@ -7,87 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from clr_jax import cli
-from clr_jax.harness import sweep as sweep_module
-from clr_jax.harness.sweep import Member, load_members, parse_members, sweep
+import clr_jax.harness.sweep as sweep_module
+from clr_jax.harness.members import Member, load_members, parse_members
+from clr_jax.harness.sweep import sweep
 from clr_jax.harness.train import TrainConfig, train
-from clr_jax.harness.data import ImageDataset
-from clr_jax.policies import staged, vectorize
+from tests.helpers import tiny_dataset
 
 
-def tiny_dataset(n_train=64, n_test=24, size=8) -> ImageDataset:
-    """Three classes told apart by which channel is brighter."""
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 3, n_train + n_test).astype(np.int32)
-    images = rng.integers(0, 120, (n_train + n_test, size, size, 3))
-    images[np.arange(len(labels)), :, :, labels] += 100
-    images = images.astype(np.uint8)
-    return ImageDataset(images[:n_train], labels[:n_train], images[n_train:],
-                        labels[n_train:], ("a", "b", "c"))
-
-MIXED = [
-    [("fixed", dict(base_lr=0.001), 600), ("fixed", dict(base_lr=0.0001), 50),
-     ("fixed", dict(base_lr=0.00001), 50)],
-    [("triangular2", dict(base_lr=0.001, max_lr=0.005, step_size=20), 160),
-     ("triangular2", dict(base_lr=0.0001, max_lr=0.0005, step_size=10), 60),
-     ("triangular2", dict(base_lr=1e-5, max_lr=5e-5, step_size=5), 30)],
-    [("exp", dict(base_lr=0.001, gamma=0.99994), 1)],
-    [("exp_range", dict(base_lr=0.001, max_lr=0.006, step_size=2000, gamma=0.99994), 1)],
-    [("exp_range", dict(base_lr=0.001, max_lr=0.006, step_size=2000, gamma=0.99994,
-                        decay="both"), 1)],
-    [("decay", dict(max_lr=0.007, base_lr=0.001, decay_steps=40), 1)],
-    [("one_cycle", dict(max_lr=0.1, total_steps=500, three_phase=True, pct_start=0.25), 1)],
-    [("one_cycle", dict(max_lr=0.1, total_steps=300, anneal="linear"), 1)],
-    [("hann", dict(base_lr=0.1, max_lr=0.5, step_size=7, step_size_down=11), 1)],
-    [("welch", dict(base_lr=0.1, max_lr=0.5, step_size=5), 1)],
-    [("triangular", dict(base_lr=0.001, max_lr=0.006, step_size=2000), 1)],
-]
-
-
-class TestVectorize:
-    def test_every_member_equals_its_own_schedule(self):
-        fn, params = vectorize(MIXED)
-        steps = np.arange(0, 70_000, 7)
-        got = np.asarray(jax.jit(jax.vmap(jax.vmap(fn, (0, None)), (None, 0)))(params, steps))
-        for m, stages in enumerate(MIXED):
-            want = np.asarray(jax.vmap(staged(stages))(steps))
-            np.testing.assert_allclose(got[:, m], want, rtol=1e-6, atol=1e-12, err_msg=str(m))
-
-    def test_closed_forms(self):
-        fn, params = vectorize(MIXED[:3])
-        t = np.array([0, 599, 600, 649, 650, 700, 170, 69_999])
-        got = np.asarray(jax.vmap(jax.vmap(fn, (0, None)), (None, 0))(params, t))
-        np.testing.assert_allclose(got[:, 0], [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5, 1e-3, 1e-5],
-                                   rtol=1e-6)
-        # gamma**t from a float64 log: 0.99994**69999 to float32 rounding
-        np.testing.assert_allclose(got[:, 2], 0.001 * 0.99994 ** t.astype(np.float64),
-                                   rtol=2e-6)
-        # triangular2 stage 2 starts at 160 with its own cycle: step 170 is its peak
-        assert got[6, 1] == pytest.approx(0.0005, rel=1e-6)
-
-    def test_one_compilation_for_any_mix(self):
-        traces = []
-
-        def value(params, step):
-            traces.append(1)
-            return jax.vmap(fn, (0, None))(params, step)
-
-        fn, params = vectorize(MIXED)
-        compiled = jax.jit(value)
-        for mix in (params, jax.tree.map(lambda x: x[::-1].copy(), params)):
-            compiled(mix, 10)
-        assert len(traces) == 1
-
-    @pytest.mark.parametrize("members, match", [
-        ([], "no schedules"),
-        ([[]], "no stages"),
-        ([[("bogus", {}, 1)]], "bogus"),
-        ([[("triangular", dict(base_lr=0.1), 1)]], "needs max_lr"),
-        ([[("fixed", dict(base_lr=0.1), 0), ("fixed", dict(base_lr=0.1), 1)]], "num_steps"),
-    ])
-    def test_errors(self, members, match):
-        with pytest.raises(ValueError, match=match):
-            vectorize(members)
+def sweep_data():
+    return tiny_dataset(n_test=24, seed=1)
 
 
 def _config(**overrides):
@@ -115,7 +43,7 @@ def _history(out, name):
 def reference(tmp_path_factory):
     """The sweep run once with all three members in one vmapped chunk."""
     out = tmp_path_factory.mktemp("sweep") / "all"
-    sweep(_config(), tiny_dataset(), MEMBERS, out, progress=False, members_per_chunk=3,
+    sweep(_config(), sweep_data(), MEMBERS, out, progress=False, members_per_chunk=3,
           member_devices=1)
     return out
 
@@ -128,7 +56,8 @@ class TestSweepTraining:
                          momentum=0.9 if member.momentum is None else member.momentum,
                          weight_decay=(0.004 if member.weight_decay is None
                                        else member.weight_decay))
-        train(config, tiny_dataset(), staged(member.stages), tmp_path, progress=False)
+        alone = TrainConfig(**{**config.__dict__, "schedule": member.stages})
+        train(alone, sweep_data(), tmp_path, progress=False)
         rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
         history = _history(reference, member.name)
         np.testing.assert_allclose(history["loss"], [r["loss"] for r in rows], rtol=1e-5)
@@ -144,7 +73,7 @@ class TestSweepTraining:
     @pytest.mark.parametrize("chunk, devices", [(3, 4), (2, 2), (1, 1)])
     def test_sharding_and_chunking_keep_results(self, reference, tmp_path, chunk, devices):
         assert jax.device_count() == 4  # conftest: 4 fake CPU devices
-        summary = sweep(_config(), tiny_dataset(), MEMBERS, tmp_path, progress=False,
+        summary = sweep(_config(), sweep_data(), MEMBERS, tmp_path, progress=False,
                         members_per_chunk=chunk, member_devices=devices)
         assert summary["member_devices"] == devices
         assert summary["members_per_chunk"] % devices == 0
@@ -155,7 +84,7 @@ class TestSweepTraining:
     def test_diverging_member_does_not_stop_the_others(self, tmp_path):
         members = [Member("ok", (("fixed", dict(base_lr=0.01), 1),)),
                    Member("boom", (("fixed", dict(base_lr=1e6), 1),))]
-        summary = sweep(_config(num_steps=8), tiny_dataset(), members, tmp_path,
+        summary = sweep(_config(num_steps=8), sweep_data(), members, tmp_path,
                         progress=False, members_per_chunk=2)
         ok, boom = summary["members"]
         assert boom["diverged_at"] is not None and boom["diverged_at"] < 8
@@ -176,10 +105,10 @@ class TestSweepTraining:
         monkeypatch.setattr(sweep_module.SweepTrainer, "run_steps", flaky)
         config = _config(checkpoint_every=4)
         with pytest.raises(KeyboardInterrupt):
-            sweep(config, tiny_dataset(), MEMBERS, tmp_path, progress=False,
+            sweep(config, sweep_data(), MEMBERS, tmp_path, progress=False,
                   members_per_chunk=3, member_devices=1)
         monkeypatch.setattr(sweep_module.SweepTrainer, "run_steps", original)
-        sweep(config, tiny_dataset(), MEMBERS, tmp_path, progress=False,
+        sweep(config, sweep_data(), MEMBERS, tmp_path, progress=False,
               members_per_chunk=3, member_devices=1, resume=True)
         for member in MEMBERS:
             assert _history(tmp_path, member.name)["loss"] == \
@@ -248,50 +177,3 @@ class TestDefinitions:
         broken.write_text("{")
         with pytest.raises(ValueError, match="cannot read"):
             load_members(broken)
-
-
-class TestCommandLine:
-    def test_sweep_from_file(self, tmp_path, capsys):
-        config = tmp_path / "sweep.toml"
-        config.write_text(
-            '[train]\nmodel = "mlp"\noptimizer = "momentum"\npreprocess = "standard"\n'
-            'num_steps = 6\neval_every = 3\nbatch_size = 16\n\n'
-            '[[member]]\nname = "fixed"\npolicy = "fixed"\nbase_lr = 0.01\n\n'
-            '[[member]]\nname = "tri"\npolicy = "triangular"\nbase_lr = 0.01\n'
-            'max_lr = 0.05\nstep_size = 2\n')
-        out = tmp_path / "out"
-        data = tmp_path / "data"
-        _write_folder(data)
-        code = cli.main(["sweep", "--config", str(config), "--dataset", str(data),
-                         "--out", str(out), "--no-progress", "--steps", "4"])
-        assert code == 0
-        printed = capsys.readouterr().out
-        assert "| fixed |" in printed and "| tri |" in printed
-        summary = json.loads((out / "sweep.json").read_text())
-        assert summary["steps"] == 4  # the flag wins over the file
-        assert summary["config"]["model"] == "mlp"  # the file wins over the default
-
-    @pytest.mark.parametrize("argv, message", [
-        (["sweep", "--out", "X", "--steps", "2"], "--config FILE or with --member"),
-        (["sweep", "--member", "a", "--out", "X"], "needs a name and a policy"),
-        (["sweep", "--member", "a fixed", "--out", "X", "--steps", "2"], "needs base_lr"),
-        (["sweep", "--config", "missing.toml", "--out", "X"], "does not exist"),
-    ])
-    def test_bad_input_is_one_line(self, argv, message, capsys, tmp_path, monkeypatch):
-        monkeypatch.chdir(tmp_path)
-        assert cli.main(argv) == cli.EXIT_USAGE
-        err = capsys.readouterr().err.strip()
-        assert message in err and len(err.splitlines()) == 1
-
-
-def _write_folder(root):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for label in ("a", "b"):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(20 if split == "train" else 6):
-                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
-                    folder / f"{i}.png")

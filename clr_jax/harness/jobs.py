@@ -1,11 +1,9 @@
-"""The jobs behind the command line: range test, training and the demo, writing report folders."""
+"""The jobs behind the command line: the range test of a harness model, and the demo."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,20 @@ import clr_jax
 from clr_jax import plotting
 from clr_jax._io import write_json
 from clr_jax.harness.data import ImageDataset
-from clr_jax.harness.train import Trainer, TrainConfig, prepare_out_dir, train
+from clr_jax.harness.rundir import RunDir, read_metrics
+from clr_jax.harness.train import Trainer, TrainConfig, make_eval_step, train
 
-__all__ = ["plot_curves", "run_demo", "run_range_test"]
+__all__ = ["run_demo", "run_range_test"]
+
+
+def _report_folder(out, report: str, overwrite: bool) -> Path:
+    """``out``, checked: it may not hold ``report`` already unless ``overwrite``."""
+    out = Path(out)
+    if (out / report).exists() and not overwrite:
+        raise ValueError(f"{out} already holds {report}; pass overwrite=True or choose "
+                         "another folder.")
+    RunDir(out, overwrite=overwrite)
+    return out
 
 
 def run_range_test(
@@ -40,44 +49,39 @@ def run_range_test(
     """A range test of the harness's model on ``dataset``; writes range_test.json/.png.
 
     Batches are index arrays into the data set held on the device, so the test reads
-    the same shuffled, preprocessed batches as training would.
+    the same shuffled, preprocessed batches as training would. Bounds are read with
+    each of ``methods`` that can read them.
     """
-    out = Path(out)
-    if out.exists() and (out / "range_test.json").exists() and not overwrite:
-        raise ValueError(f"{out} already holds range_test.json; pass --overwrite or choose "
-                         "another --out.")
-    prepare_out_dir(out, resume=False, overwrite=overwrite)
+    out = _report_folder(out, "range_test.json", overwrite)
     trainer = Trainer(config, dataset, optax.constant_schedule(min_lr))
-    b, spe = config.batch_size, trainer.steps_per_epoch
-    order = np.concatenate([np.asarray(trainer._permutation(jnp.int32(e)))
+    data, state = trainer.data, trainer.initial_state
+    b, spe = config.batch_size, data.steps_per_epoch
+    order = np.concatenate([np.asarray(data.permutation(jnp.int32(e), config.seed))
                             for e in range(-(-num_steps // spe))])
     indices = {"index": jnp.asarray(order[: num_steps * b].reshape(num_steps, b))}
-    state = trainer.initial_state
 
     def loss_fn(params, batch):
-        images = trainer._prepare(trainer.train_images[batch["index"]])
-        return trainer._loss(params, state["rest"], images,
-                             trainer.train_labels[batch["index"]])[0]
+        images = data.prepare(data.train_images[batch["index"]])
+        return trainer.loss(params, state["rest"], images,
+                            data.train_labels[batch["index"]])[0]
 
     options = trainer.compiler_options_for(num_steps)
     eval_fn = None
     if eval_every:
         # The range test updates only the parameters, so BatchNorm running statistics
         # stay at their initial values: evaluate with batch statistics (train mode).
-        evaluate = jax.jit(trainer._make_eval(trainer.graphdef), compiler_options=options)
+        evaluate = jax.jit(make_eval_step(trainer.parts.graphdef, data),
+                           compiler_options=options)
 
         def eval_fn(params):
             metrics = evaluate(params, state["rest"])
             return {"accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}
 
-    optimizer = trainer.make_tx
-
     started = time.perf_counter()
-    result = clr_jax.range_test(loss_fn, state["params"], indices, min_lr=min_lr,
-                                max_lr=max_lr, num_steps=num_steps, optimizer=optimizer,
-                                mode=mode, eval_fn=eval_fn, eval_every=eval_every,
-                                seed=config.seed, progress=progress,
-                                compiler_options=options)
+    result = clr_jax.range_test(
+        loss_fn, state["params"], indices, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps,
+        optimizer=lambda lr: trainer.parts.optimizer(config, lr), mode=mode, eval_fn=eval_fn,
+        eval_every=eval_every, seed=config.seed, progress=progress, compiler_options=options)
     seconds = time.perf_counter() - started
     bounds = []
     for method in methods:
@@ -94,30 +98,6 @@ def run_range_test(
     return result, bounds
 
 
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot_curves(runs: Mapping[str, Path], title: str | None = None):
-    """Training loss and test accuracy against the step for runs' metrics.jsonl."""
-    figure = plotting._figure((9.0, 3.6))
-    loss_ax, acc_ax = figure.subplots(1, 2)
-    for label, path in runs.items():
-        rows = _read_rows(Path(path) / "metrics.jsonl")
-        loss_ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
-        evaluated = [r for r in rows if "test_accuracy" in r]
-        acc_ax.plot([r["step"] for r in evaluated], [r["test_accuracy"] for r in evaluated],
-                    "o-", ms=3, label=label)
-    loss_ax.set(xlabel="step", ylabel="training loss (mean over the logged interval)")
-    acc_ax.set(xlabel="step", ylabel="test accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False)
-    if title:
-        figure.suptitle(title)
-    return figure
-
-
 def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True,
              dataset: ImageDataset | None = None, scale: float = 1.0) -> dict[str, Any]:
     """The main job: range test, bounds, CLR vs fixed training on the bundled sample.
@@ -127,11 +107,7 @@ def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True,
     """
     from clr_jax.harness.data import load_dataset
 
-    out = Path(out)
-    if out.exists() and (out / "summary.md").exists() and not overwrite:
-        raise ValueError(f"{out} already holds a demo report; pass --overwrite or choose "
-                         "another --out.")
-    prepare_out_dir(out, resume=False, overwrite=overwrite)
+    out = _report_folder(out, "summary.md", overwrite)
     dataset = dataset if dataset is not None else load_dataset("sample")
     started = time.perf_counter()
     n = lambda steps: max(4, int(round(steps * scale)))  # noqa: E731
@@ -161,13 +137,14 @@ def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True,
         config = TrainConfig(num_steps=train_steps, eval_every=eval_every,
                              log_every=max(1, eval_every // 2), **base)
         folders[label] = out / name
-        summaries[label] = train(config, dataset, schedule, out / name, overwrite=True,
-                                 progress=progress,
+        summaries[label] = train(config, dataset, out / name, schedule=schedule,
+                                 overwrite=True, progress=progress,
                                  describe={"schedule": label, "data": "bundled CIFAR-10 sample"})
     plotting.save_figure(plotting.plot_schedule(schedules, train_steps, title="schedules"),
                          out / "schedule.png")
-    plotting.save_figure(plot_curves(folders, title="CLR vs fixed, bundled CIFAR-10 sample"),
-                         out / "learning_curves.png")
+    curves = {label: read_metrics(folder / "metrics.jsonl") for label, folder in folders.items()}
+    plotting.save_figure(plotting.plot_learning_curves(
+        curves, title="CLR vs fixed, bundled CIFAR-10 sample"), out / "learning_curves.png")
     seconds = time.perf_counter() - started
     lines = [
         "# clr-jax demo",

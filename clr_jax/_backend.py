@@ -1,0 +1,58 @@
+"""How compiled training loops are shaped on each backend; shared by the range tests,
+the training harness and sweeps.
+
+XLA's CPU backend runs convolution gradients inside a while loop (what an un-unrolled
+``lax.scan`` becomes) about 15x slower than outside one, while for matrix-multiply
+models the loop is as fast and unrolling only costs compile time; and it runs vmapped
+(grouped) convolutions slower than separate ones (both measured,
+benchmarks/RESULTS.md). On GPU and TPU neither holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.extend.core
+
+# The most steps unrolled into one compiled call on CPU.
+MAX_UNROLLED_STEPS = 16
+
+
+def on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+def uses_convolution(fn: Callable, *args) -> bool:
+    """Whether ``jax.grad`` of ``fn`` at these arguments contains a convolution."""
+
+    def walk(jaxpr) -> bool:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                return True
+            if any(walk(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
+                return True
+        return False
+
+    return walk(jax.make_jaxpr(jax.grad(fn))(*args).jaxpr)
+
+
+def group_size(chunk: int, convolutional: bool) -> tuple[int, bool]:
+    """(steps per compiled call, whether to unroll them) for a chunk of ``chunk`` steps.
+
+    On CPU, models with convolutions run their steps in fully unrolled groups of at
+    most `MAX_UNROLLED_STEPS` that divide the chunk, called back to back from Python
+    (dispatch is asynchronous, so the host still waits only at the end of a chunk);
+    everything else runs a whole chunk in one ``lax.scan``.
+    """
+    if not on_cpu() or not convolutional:
+        return chunk, False
+    group = max(d for d in range(1, min(chunk, MAX_UNROLLED_STEPS) + 1) if chunk % d == 0)
+    return group, True
+
+
+def vmap_members(convolutional: bool) -> bool:
+    """Whether many models trained together (a sweep, a parallel range test) should be
+    vmapped into one program by default: yes, except convolutional models on CPU,
+    which run one after another through the same compiled program."""
+    return not (on_cpu() and convolutional)

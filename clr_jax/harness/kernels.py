@@ -1,0 +1,286 @@
+"""The harness models' CPU speed work: faster kernels beside their `lax` references, and
+the XLA compiler options per model.
+
+A model takes ``kernels="auto" | "fast" | "lax"`` (`TrainConfig.kernels`, recorded in
+every run's config.json): ``"fast"`` uses the kernels below and the compiler options of
+`compiler_options`; ``"lax"`` the plain `jax.lax` formulations and XLA's defaults;
+``"auto"`` (the default) means ``"fast"`` on CPU, where each was measured to help
+(benchmarks/caffe_kernels_cpu.py, benchmarks/compiler_options_cpu.py), and ``"lax"``
+elsewhere. The two agree up to float32 rounding (tests/test_kernels.py); gradients of
+the fast kernels are exact adjoints, not approximations.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clr_jax import _backend
+from clr_jax import _validation as v
+
+__all__ = [
+    "KERNELS",
+    "LOOP_EMITTERS_MIN_STEPS",
+    "YNN_REDUCTIONS_ONLY",
+    "avg_pool_ceil",
+    "compiler_options",
+    "conv_spectral",
+    "lrn_within_channel",
+    "max_pool_ceil",
+    "max_pool_ceil_fast",
+    "resolve",
+]
+
+KERNELS = ("auto", "fast", "lax")
+
+
+def resolve(kernels: str) -> str:
+    """``"fast"`` or ``"lax"``: ``"auto"`` is ``"fast"`` on CPU and ``"lax"`` elsewhere."""
+    v.choice("kernels", kernels, KERNELS)
+    if kernels == "auto":
+        return "fast" if _backend.on_cpu() else "lax"
+    return kernels
+
+
+# -- pooling with Caffe's rounding up of the output size -----------------------------------
+
+def _ceil_padding(x: jax.Array) -> tuple[tuple[int, int], ...]:
+    """Caffe's output size is ceil((H - 3) / 2) + 1 (32 -> 16 -> 8 -> 4): as if one extra
+    row and column were padded at the high end."""
+    h, w = x.shape[1], x.shape[2]
+    return ((0, 0), (0, -(h - 3) % 2), (0, -(w - 3) % 2), (0, 0))
+
+
+def max_pool_ceil(x: jax.Array) -> jax.Array:
+    """3x3 stride-2 max pooling with Caffe's output size; the padding takes no part."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                 _ceil_padding(x))
+
+
+def avg_pool_ceil(x: jax.Array) -> jax.Array:
+    """3x3 stride-2 average pooling with Caffe's output size, dividing by the number of
+    real pixels in each window."""
+    window, strides, padding = (1, 3, 3, 1), (1, 2, 2, 1), _ceil_padding(x)
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
+    ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
+    count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, padding)
+    return total / count
+
+
+@jax.custom_vjp
+def max_pool_ceil_fast(x: jax.Array) -> jax.Array:
+    """`max_pool_ceil` whose gradient goes to the first maximum of each window (in
+    row-major order, as Caffe's), computed from 9 strided slices.
+
+    Autodiff of ``reduce_window(max)`` tracks argmax indices through a variadic
+    reduce_window, which XLA's CPU backend runs ~4x slower than the whole rest of the
+    pooling (benchmarks/RESULTS.md).
+    """
+    return max_pool_ceil(x)
+
+
+def _max_pool_fwd(x):
+    y = max_pool_ceil(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(residuals, g):
+    x, y = residuals
+    n, h, w, c = x.shape
+    oh, ow = y.shape[1], y.shape[2]
+    hp, wp = 2 * oh + 1, 2 * ow + 1  # the padded extent the windows cover
+    xp = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)), constant_values=-jnp.inf)
+    taken = jnp.zeros(y.shape, bool)
+    zero = jnp.zeros((), g.dtype)
+    part = {}
+    for i in range(3):
+        for j in range(3):
+            window = jax.lax.slice(xp, (0, i, j, 0), (n, i + 2 * oh - 1, j + 2 * ow - 1, c),
+                                   (1, 2, 2, 1))
+            first = (window == y) & ~taken
+            taken = taken | first
+            part[i, j] = jnp.where(first, g, zero)
+
+    def at(a, down, right):  # (n, oh, ow, c) -> (n, oh + 1, ow + 1, c), shifted
+        return jnp.pad(a, ((0, 0), (down, 1 - down), (right, 1 - right), (0, 0)))
+
+    # Input row 2a receives from window row offsets 0 (window a) and 2 (window a - 1),
+    # row 2a + 1 from offset 1 only; the same for columns. Assemble the four parities
+    # and interleave them, instead of nine strided scatters over the whole input.
+    even_even = at(part[0, 0], 0, 0) + at(part[2, 0], 1, 0) + at(part[0, 2], 0, 1) \
+        + at(part[2, 2], 1, 1)
+    even_odd = at(part[0, 1], 0, 0) + at(part[2, 1], 1, 0)
+    odd_even = at(part[1, 0], 0, 0) + at(part[1, 2], 0, 1)
+    odd_odd = at(part[1, 1], 0, 0)
+    dx = jnp.stack([jnp.stack([even_even, even_odd], 3), jnp.stack([odd_even, odd_odd], 3)], 2)
+    return (dx.reshape(n, 2 * oh + 2, 2 * ow + 2, c)[:, :h, :w, :],)
+
+
+max_pool_ceil_fast.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# -- the 5x5 "same" convolution as a product of spectra ---------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _dft_tables(h: int, w: int, kh: int, kw: int) -> tuple[np.ndarray, ...]:
+    """Real matrices of the 2-D DFTs behind `conv_spectral`, in float64.
+
+    Signals are zero-padded to L1 x L2 = (h + kh // 2) x (w + kw // 2): the smallest size
+    at which the circular correlation agrees with the "same" one on the h x w outputs
+    (a tap reaching kh // 2 rows past either edge lands on padding, not on the other
+    edge). Only the F2 = L2 // 2 + 1 non-redundant columns of the real signal's spectrum
+    are kept. A complex number travels as a (real, imaginary) axis of size 2, so every
+    stage is one real matrix product.
+
+    Returns:
+      forward_w (w, 2, F2): real row -> half spectrum along w;
+      forward_h (h, 2, L1, 2): complex, along h (input rows 0..h-1 only);
+      inverse_h (L1, 2, h, 2): complex, along h (output rows 0..h-1 only);
+      inverse_w (2, F2, w): half spectrum -> real row (weights of the Hermitian
+        half, 1 / (L1 L2) included);
+      phases (2, kh * kw, L1 * F2): the taps' phases; tap (d1, d2) of a "same"
+        correlation sits at offset (d1 - kh // 2, d2 - kw // 2).
+    """
+    l1, l2 = h + kh // 2, w + kw // 2
+    f2 = l2 // 2 + 1
+    a = 2 * np.pi * np.outer(np.arange(w), np.arange(f2)) / l2
+    forward_w = np.stack([np.cos(a), -np.sin(a)], 1)
+    t = 2 * np.pi * np.outer(np.arange(h), np.arange(l1)) / l1
+    cos, sin = np.cos(t), np.sin(t)
+    forward_h = np.zeros((h, 2, l1, 2))
+    forward_h[:, 0, :, 0], forward_h[:, 1, :, 0] = cos, sin  # (cos - i sin)(re + i im)
+    forward_h[:, 1, :, 1], forward_h[:, 0, :, 1] = cos, -sin
+    inverse_h = np.zeros((l1, 2, h, 2))
+    inverse_h[:, 0, :, 0], inverse_h[:, 1, :, 0] = cos.T, -sin.T  # (cos + i sin)(re + i im)
+    inverse_h[:, 0, :, 1], inverse_h[:, 1, :, 1] = sin.T, cos.T
+    weight = np.full(f2, 2.0)
+    weight[0] = 1.0
+    if l2 % 2 == 0:
+        weight[-1] = 1.0
+    b = a.T  # (F2, w)
+    inverse_w = np.stack([np.cos(b), -np.sin(b)], 0) * weight[:, None] / (l1 * l2)
+    d1 = np.arange(kh)[:, None, None, None] - kh // 2
+    d2 = np.arange(kw)[None, :, None, None] - kw // 2
+    phase = 2 * np.pi * (np.arange(l1)[:, None] * d1 / l1 + np.arange(f2) * d2 / l2)
+    phases = np.stack([np.cos(phase), np.sin(phase)]).reshape(2, kh * kw, l1 * f2)
+    return forward_w, forward_h, inverse_h, inverse_w, phases
+
+
+def _spectral_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    tables = [jnp.asarray(t, x.dtype) for t in _dft_tables(h, w, kh, kw)]
+    forward_w, forward_h, inverse_h, inverse_w, phases = tables
+    l1, f2 = forward_h.shape[2], forward_w.shape[2]
+    spectrum = jnp.einsum("nhwc,wpf->nhpfc", x, forward_w)
+    spectrum = jnp.einsum("nhpfc,hpgq->gfnqc", spectrum, forward_h).reshape(l1 * f2, n, 2 * c)
+    k_re, k_im = jnp.einsum("sdf,dco->sfco", phases, kernel.reshape(kh * kw, c, o))
+    # [re | im] @ [[Kre, Kim], [-Kim, Kre]] = [re Kre - im Kim | re Kim + im Kre]
+    mix = jnp.concatenate([jnp.concatenate([k_re, k_im], 2),
+                           jnp.concatenate([-k_im, k_re], 2)], 1)
+    product = jnp.matmul(spectrum, mix).reshape(l1, f2, n, 2, o)
+    rows = jnp.einsum("gfnpo,gphq->nhqfo", product, inverse_h)
+    return jnp.einsum("nhqfo,qfw->nhwo", rows, inverse_w)
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, jax.lax.ConvDimensionNumbers):
+        return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    return tuple(dimension_numbers) == ("NHWC", "HWIO", "NHWC")
+
+
+def conv_spectral(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *,
+                  lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                  feature_group_count: int = 1, precision=None, **kwargs: Any) -> jax.Array:
+    """``jax.lax.conv_general_dilated`` for the "same" NHWC convolution with an odd
+    kernel, computed as a product of spectra, every transform a matrix product; any
+    other configuration goes to ``jax.lax.conv_general_dilated`` unchanged. Pass it as
+    ``nnx.Conv(..., conv_general_dilated=conv_spectral)``.
+
+    For the Caffe net's 5x5 layers with 32 input channels this is less than a third of
+    the direct convolution's arithmetic (the channel mixing is one (2C x 2O) product per
+    frequency), all of it in matrix products, which XLA's CPU backend runs far better
+    than its convolutions of these shapes (benchmarks/RESULTS.md). JAX differentiates
+    it: every stage is a real linear map, so the gradient is the exact adjoint of the
+    convolution. Results differ from ``lax.conv`` by rounding (~2e-6 relative).
+    """
+    kh, kw = rhs.shape[0], rhs.shape[1]
+    same = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+    plain = (tuple(window_strides) == (1, 1) and kh % 2 == 1 and kw % 2 == 1
+             and not isinstance(padding, str)
+             and tuple(tuple(p) for p in padding) == same
+             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+             and feature_group_count == 1 and _is_nhwc(dimension_numbers)
+             and not any(x is not None for x in kwargs.values()))
+    if not plain:
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, precision=precision, **kwargs)
+    return _spectral_same(lhs, rhs)
+
+
+# -- local response normalisation ----------------------------------------------------------
+
+def lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75, *,
+                       fast: bool = False) -> jax.Array:
+    """Caffe's WITHIN_CHANNEL LRN, local size 3: x * (1 + alpha/9 * sum_3x3 x^2)^-beta.
+
+    With ``fast`` and the usual beta = 0.75 the power is rsqrt(s) * sqrt(rsqrt(s)): two
+    square roots instead of an exponential and a logarithm, forward and backward; equal
+    to the power up to rounding.
+    """
+    squares = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1),
+                                    ((0, 0), (1, 1), (1, 1), (0, 0)))
+    scale = 1 + (alpha / 9) * squares
+    if fast and beta == 0.75:
+        inverse_root = jax.lax.rsqrt(scale)
+        return x * (inverse_root * jnp.sqrt(inverse_root))
+    return x * scale ** -beta
+
+
+# -- XLA compiler options -----------------------------------------------------------------
+
+# Runs shorter than this keep XLA's default emitters: the loop emitters take about three
+# times as long to compile a 16-step group, which the faster steps pay back only after
+# about 3,500 steps (benchmarks/compiler_options_cpu.py).
+LOOP_EMITTERS_MIN_STEPS = 4000
+
+# XLA's CPU backend hands convolutions, matrix products and reductions to YNNPACK by
+# default. In this jaxlib YNNPACK runs the convolutions and small products of these nets
+# on one thread (benchmarks/cpu_threads.py), so the convolutional nets keep only the
+# reductions there; XLA's own (Eigen) convolutions use every core.
+YNN_REDUCTIONS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+# Per model name: (leave only reductions to YNNPACK, use the loop emitters for long runs).
+_CPU_OPTIONS = {"caffe_cifar10": (True, True), "resnet20": (True, False),
+                "resnet56": (True, False), "mlp": (False, False)}
+
+
+def compiler_options(model: str, kernels: str = "auto",
+                     num_steps: int | None = None) -> dict[str, Any] | None:
+    """XLA compiler options for the compiled steps of model ``model`` (a `build_model`
+    name), or None for XLA's defaults.
+
+    Only with fast kernels on CPU: the convolutional nets (the Caffe net, the ResNets)
+    leave only reductions to YNNPACK (`YNN_REDUCTIONS_ONLY`): the training step of
+    ResNet-20 takes ~0.67 of the time with XLA's default, the Caffe net's ~0.64; the MLP,
+    all matrix products, keeps the default (~1.02x with it). The Caffe net also compiles
+    with XLA's older loop emitters (``xla_cpu_use_fusion_emitters=False``) for runs of at
+    least `LOOP_EMITTERS_MIN_STEPS` steps (or ``num_steps=None``): they make its step
+    faster and ResNet-20's slower, and take longer to compile, so short runs keep the
+    default emitters (benchmarks/compiler_options_cpu.py). The losses agree to rounding.
+    """
+    if resolve(kernels) != "fast" or not _backend.on_cpu():
+        return None
+    reductions_only, loop_emitters = _CPU_OPTIONS.get(model, (False, False))
+    options: dict[str, Any] = dict(YNN_REDUCTIONS_ONLY) if reductions_only else {}
+    if loop_emitters and (num_steps is None or num_steps >= LOOP_EMITTERS_MIN_STEPS):
+        options["xla_cpu_use_fusion_emitters"] = False
+    return options or None

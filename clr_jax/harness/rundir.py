@@ -1,0 +1,312 @@
+"""A run's folder and the loop that fills it: the checks before anything is written,
+the settings record and its check on resume, metrics.jsonl (and TensorBoard event files
+when asked), Orbax checkpoints, Ctrl-C, and `run_loop`, shared by single runs and sweeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from clr_jax._io import atomic_write, write_json
+
+__all__ = ["RunDir", "Steppable", "TensorBoardWriter", "interrupts_deferred", "read_metrics",
+           "run_loop"]
+
+RESULT_FILES = ("summary.json", "metrics.jsonl", "config.json", "checkpoints", "tensorboard")
+
+
+def read_metrics(path: str | os.PathLike, up_to_step: int | None = None) -> list[dict]:
+    """The rows of a metrics.jsonl (one JSON object per line, each with a ``step``), up to
+    ``up_to_step`` if given; no file gives no rows."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Holds Ctrl-C back while a checkpoint is written, then delivers it: a save is
+    never cut in half by the user (a kill still can be; Orbax then keeps the previous
+    checkpoint, since a save becomes visible only when it is complete)."""
+    received = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _differences(saved: Mapping[str, Any], record: Mapping[str, Any]) -> list[str]:
+    """Settings that differ between a saved record and a new one. Keys the saved record
+    does not have (settings added by a later version) are not differences."""
+    changed = []
+    for key in sorted(set(saved) | set(record)):
+        if key not in saved:
+            continue
+        old, new = saved.get(key), record.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            changed += [f"{key}.{k}" for k in _differences(old, new)]
+        elif old != new:
+            changed.append(key)
+    return changed
+
+
+class RunDir:
+    """The folder of one run (or sweep), checked before anything is written.
+
+    Args:
+      path: the folder.
+      resume: continue the run saved there.
+      overwrite: replace results already there.
+
+    Raises:
+      ValueError: if the folder holds results and neither ``resume`` nor ``overwrite``
+        is given, or it cannot be written.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False,
+                 overwrite: bool = False):
+        self.path = Path(path)
+        self.resume = resume
+        has_results = self.path.exists() and any(
+            (self.path / name).exists() for name in ("summary.json", "metrics.jsonl",
+                                                     "checkpoints"))
+        if has_results and not (resume or overwrite):
+            raise ValueError(
+                f"{self.path} already holds results; pass resume=True to continue that run "
+                "or overwrite=True to replace it (or choose another folder)."
+            )
+        if overwrite and not resume and self.path.exists():
+            for name in RESULT_FILES:
+                target = self.path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise ValueError(f"cannot write to {self.path}: {error.strerror or error}") from None
+        self._manager = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def check_record(self, record: Mapping[str, Any]) -> dict:
+        """Writes config.json; on resume, first checks it against the saved one.
+
+        Returns the record as it was saved (through JSON).
+
+        Raises:
+          ValueError: naming the settings that differ from the saved run's.
+        """
+        record = json.loads(json.dumps(record))
+        config_path = self.path / "config.json"
+        if self.resume and config_path.exists():
+            changed = _differences(json.loads(config_path.read_text()), record)
+            if changed:
+                raise ValueError(
+                    f"resuming {self.path} with settings that differ from the saved run: "
+                    f"{', '.join(changed)}; resume with the same settings, or pass "
+                    "overwrite=True to start again."
+                )
+        write_json(config_path, record)
+        return record
+
+    def read_metrics(self, up_to_step: int | None = None) -> list[dict]:
+        return read_metrics(self.metrics_path, up_to_step)
+
+    def truncate_metrics(self, step: int) -> list[dict]:
+        """Drops rows after ``step`` (written after the checkpoint a run resumes from)."""
+        rows = self.read_metrics(step)
+        with atomic_write(self.metrics_path) as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        return rows
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def checkpoints(self):
+        """The Orbax ``CheckpointManager`` of ``path/checkpoints`` (the last two kept)."""
+        if self._manager is None:
+            import orbax.checkpoint as ocp
+
+            self._manager = ocp.CheckpointManager(
+                (self.path / "checkpoints").resolve(),
+                options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+        return self._manager
+
+    def has_checkpoints(self) -> bool:
+        return (self.path / "checkpoints").exists()
+
+    def latest_step(self) -> int | None:
+        step = self.checkpoints.latest_step() if self.has_checkpoints() else None
+        return None if step is None else int(step)
+
+    def save(self, step: int, state: Any) -> None:
+        """Saves ``state`` at ``step``, completely, with Ctrl-C held back meanwhile."""
+        import orbax.checkpoint as ocp
+
+        with interrupts_deferred():
+            self.checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
+            self.checkpoints.wait_until_finished()
+
+    def restore(self, step: int, like: Any) -> Any:
+        """The state saved at ``step``, with the structure, shapes and dtypes of ``like``."""
+        import jax
+        import orbax.checkpoint as ocp
+
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        return self.checkpoints.restore(step, args=ocp.args.StandardRestore(target))
+
+
+class TensorBoardWriter:
+    """Writes metrics rows as TensorBoard scalars (with tensorboardX, which needs no
+    TensorFlow) into ``folder``.
+
+    A row's numbers become scalars tagged by their key; a list (a sweep's per-member
+    values) becomes one scalar per member, tagged ``key/name``. TensorBoard hides the
+    events at or after ``purge_step`` that earlier sessions wrote, so a resumed run
+    shows one curve.
+
+    Raises:
+      ValueError: if tensorboardX is not installed.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, names: list[str] | None = None,
+                 purge_step: int | None = None):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise ValueError('TensorBoard files need tensorboardX: pip install '
+                             '"clr-jax[tensorboard]"') from None
+        self.names = names
+        self._writer = SummaryWriter(os.fspath(folder), purge_step=purge_step or None)
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        step = int(row["step"])
+        for key, value in row.items():
+            if key == "step":
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, value, step)
+            elif isinstance(value, list) and self.names and len(value) == len(self.names):
+                for name, item in zip(self.names, value):
+                    if isinstance(item, (int, float)) and not isinstance(item, bool):
+                        self._writer.add_scalar(f"{key}/{name}", item, step)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class Steppable(Protocol):
+    """What `run_loop` needs of a trainer."""
+
+    chunk: int
+    initial_state: Any
+
+    def run_steps(self, state: Any, first_step: int, num_steps: int) -> tuple[Any, Any]: ...
+
+    def place(self, state: Any) -> Any: ...
+
+
+def run_loop(
+    trainer: Steppable,
+    run_dir: RunDir,
+    *,
+    num_steps: int,
+    log_every: int,
+    checkpoint_every: int | None,
+    make_row: Callable[[int, int, Any, Any], dict],
+    postfix: Callable[[dict], dict],
+    progress: bool,
+    on_log: Callable[[dict], None] | None = None,
+    desc: str = "train",
+    tensorboard: bool = False,
+    member_names: list[str] | None = None,
+) -> tuple[Any, int, int, float]:
+    """The loop shared by single runs and sweeps: chunks of compiled steps, metrics rows,
+    checkpoints, resume, the progress bar and Ctrl-C.
+
+    ``make_row(step, length, losses, state)`` turns a finished chunk into its metrics
+    row (evaluating when due); ``postfix(row)`` gives the progress bar's fields. A row
+    is written every ``log_every`` steps, whenever it holds test metrics, and at the
+    end, to metrics.jsonl and, with ``tensorboard``, as TensorBoard scalars in
+    ``tensorboard/`` (a sweep's per-member lists tagged by ``member_names``). On
+    Ctrl-C the state of the last finished chunk is saved before ``KeyboardInterrupt``
+    is raised again.
+
+    Returns:
+      ``(state, step, steps_run, seconds)``: the final state, its step, the steps run in
+      this call and their wall time.
+    """
+    state, step = trainer.initial_state, 0
+    if run_dir.resume:
+        latest = run_dir.latest_step()
+        if latest is not None:
+            step = latest
+            state = trainer.place(run_dir.restore(step, state))
+    run_dir.truncate_metrics(step)
+    # Rows after the checkpoint that an interrupted session wrote are written again.
+    board = (TensorBoardWriter(run_dir.path / "tensorboard", names=member_names,
+                               purge_step=step + 1) if tensorboard else None)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, initial=step, unit="step", desc=desc, dynamic_ncols=True)
+    started, steps_run = time.perf_counter(), 0
+    try:
+        with open(run_dir.metrics_path, "a") as metrics_file:
+            while step < num_steps:
+                length = min(trainer.chunk, num_steps - step)
+                new_state, losses = trainer.run_steps(state, step, length)
+                row = make_row(step + length, length, np.asarray(losses), new_state)
+                state = new_state
+                step += length
+                steps_run += length
+                if step % log_every == 0 or "test_accuracy" in row or step == num_steps:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                    if board is not None:
+                        board.write(row)
+                    if on_log is not None:
+                        on_log(row)
+                if checkpoint_every and (step % checkpoint_every == 0 or step == num_steps):
+                    run_dir.save(step, state)
+                if bar is not None:
+                    bar.update(length)
+                    bar.set_postfix(**postfix(row))
+    except KeyboardInterrupt:
+        if run_dir.latest_step() != step:  # the chunk may have been saved already
+            run_dir.save(step, state)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if board is not None:
+            board.close()
+    return state, step, steps_run, time.perf_counter() - started
+

@@ -1,0 +1,173 @@
+"""The command line: every command end to end, and user errors as one line."""
+
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from clr_jax import cli
+from tests.helpers import write_image_folder
+
+
+class TestScheduleCommand:
+    def test_prints_values(self, capsys):
+        code = cli.main(["schedule", "--policy", "triangular", "--base-lr", "0.001",
+                         "--max-lr", "0.006", "--step-size", "2000", "--steps", "0,1000,2000"])
+        out = capsys.readouterr().out.split("\n")
+        assert code == 0
+        assert out[0] == "step\tvalue"
+        assert [float(line.split("\t")[1]) for line in out[1:4]] == pytest.approx(
+            [0.001, 0.0035, 0.006], rel=1e-5)
+
+    def test_staged_and_plot(self, tmp_path, capsys):
+        png = tmp_path / "sub" / "s.png"
+        code = cli.main([
+            "schedule", "--stage", "triangular2 base_lr=0.001 max_lr=0.005 step_size=20 steps=80",
+            "--stage", "fixed base_lr=0.0001", "--steps", "20,80", "--plot", str(png),
+            "--num-steps", "120"])
+        assert code == 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        lines = capsys.readouterr().out.split("\n")
+        assert float(lines[1].split("\t")[1]) == pytest.approx(0.005, rel=1e-5)
+        assert float(lines[2].split("\t")[1]) == pytest.approx(0.0001, rel=1e-5)
+
+    @pytest.mark.parametrize("argv, match", [
+        (["schedule", "--policy", "nope"], "invalid choice: 'nope'"),
+        (["schedule"], "--policy (or --stage) is required"),
+        (["schedule", "--policy", "triangular", "--base-lr", "0.1"], "needs max_lr, step_size"),
+        (["schedule", "--policy", "triangular", "--base-lr", "0.5", "--max-lr", "0.1",
+          "--step-size", "10"], "max_lr must be >= base_lr"),
+        (["schedule", "--policy", "fixed", "--base-lr", "x"], "invalid float value: 'x'"),
+        (["schedule", "--policy", "fixed", "--base-lr", "0.1", "--steps", "1,-2"], "steps >= 0"),
+        (["schedule", "--stage", "triangular base_lr"], "not key=value"),
+        (["schedule", "--stage", "fixed base_lr=0.1", "--stage", "fixed base_lr=0.2",
+          "--policy", "fixed"], "not both"),
+        (["schedule", "--stage", "fixed base_lr=0.1", "--stage", "fixed base_lr=0.2"],
+         "stage 1 needs steps=N"),
+        (["frobnicate"], "invalid choice"),
+    ])
+    def test_user_errors_are_one_line(self, argv, match, capsys):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert match in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+    def test_unwritable_plot_is_one_line(self, tmp_path, capsys):
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        code = cli.main(["schedule", "--policy", "fixed", "--base-lr", "0.1",
+                         "--plot", str(blocker / "x.png")])
+        assert code == 2
+        assert "Traceback" not in capsys.readouterr().err
+
+    def test_python_dash_m(self):
+        out = subprocess.run(
+            [sys.executable, "-m", "clr_jax", "schedule", "--policy", "fixed", "--base-lr",
+             "0.5", "--steps", "3"], capture_output=True, text=True, check=True)
+        assert out.stdout.split("\n")[1] == "3\t0.5"
+
+
+class TestTrainAndRangeTest:
+    def test_train_and_range_test_on_a_folder(self, tmp_path, capsys):
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for split, n in (("train", 40), ("test", 10)):
+            for c, cls in enumerate(("x", "y")):
+                folder = tmp_path / "data" / split / cls
+                folder.mkdir(parents=True)
+                for i in range(n):
+                    pixels = rng.integers(0, 100, (8, 8, 3)) + 100 * c
+                    Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+        with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:
+            tar.add(tmp_path / "data", arcname="data")
+        common = ["--dataset", str(tmp_path / "data.tar.gz"), "--model", "mlp",
+                  "--batch-size", "8", "--no-progress", "--preprocess", "standard"]
+        code = cli.main(["train", *common, "--steps", "16", "--eval-every", "8",
+                         "--policy", "triangular", "--base-lr", "0.001", "--max-lr", "0.01",
+                         "--step-size-epochs", "1", "--out", str(tmp_path / "run"),
+                         "--kernels", "lax", "--tensorboard"])
+        assert code == 0
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["steps"] == 16 and summary["config"]["kernels"] == "lax"
+        assert summary["kernels"] == "lax"
+        assert (tmp_path / "run" / "tensorboard").is_dir()
+        assert summary["config"]["schedule"] == [["triangular", {
+            "base_lr": 0.001, "max_lr": 0.01, "step_size": 10}, 1]]
+        assert (tmp_path / "run" / "learning_curves.png").exists()
+        capsys.readouterr()
+        code = cli.main(["train", *common, "--steps", "16", "--eval-every", "8",
+                         "--policy", "triangular", "--base-lr", "0.001", "--max-lr", "0.02",
+                         "--step-size-epochs", "1", "--out", str(tmp_path / "run"), "--resume",
+                         "--kernels", "lax"])
+        assert code == 2 and "differ from the saved run" in capsys.readouterr().err
+        code = cli.main(["range-test", *common, "--steps", "20", "--eval-every", "4",
+                         "--min-lr", "0.001", "--max-lr", "0.5", "--out", str(tmp_path / "rt")])
+        assert code == 0
+        assert (tmp_path / "rt" / "range_test.png").exists()
+        assert "range test: " in capsys.readouterr().out
+
+    @pytest.mark.parametrize("argv, match", [
+        (["train", "--dataset", "nowhere", "--out", "{tmp}/a", "--steps", "5", "--policy",
+          "fixed", "--base-lr", "0.1"], "unknown data set 'nowhere'"),
+        (["train", "--model", "vgg", "--out", "{tmp}/a"], "invalid choice: 'vgg'"),
+        (["train", "--optimizer", "lbfgs", "--out", "{tmp}/a"], "invalid choice: 'lbfgs'"),
+        (["train", "--out", "{tmp}/a", "--steps", "5"], "--policy (or --stage) is required"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--epochs", "1", "--policy", "fixed",
+          "--base-lr", "0.1"], "--steps or --epochs, not both"),
+        (["train", "--out", "{tmp}/a", "--steps", "-5", "--policy", "fixed", "--base-lr",
+          "0.1"], "--steps must be >= 1"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--batch-size", "9999", "--policy",
+          "fixed", "--base-lr", "0.1"], "--batch-size=9999 is larger than the training set"),
+        (["train", "--out", "{tmp}/file/a", "--steps", "5", "--policy", "fixed",
+          "--base-lr", "0.1"], "cannot write to"),
+        (["range-test", "--out", "{tmp}/b", "--steps", "1"], "--steps must be an integer >= 2"),
+        (["range-test", "--out", "{tmp}/b", "--steps", "5", "--min-lr", "0.5", "--max-lr",
+          "0.1"], "max_lr must be > min_lr"),
+        (["train", "--dataset", "{tmp}/broken.tar.gz", "--out", "{tmp}/a", "--steps", "5",
+          "--policy", "fixed", "--base-lr", "0.1"], "cannot read archive"),
+    ])
+    def test_user_errors_are_one_line(self, tmp_path, argv, match, capsys):
+        (tmp_path / "file").write_text("")
+        (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b garbage")
+        code = cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+        err = capsys.readouterr().err
+        assert code != 0 and match in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+class TestSweep:
+    def test_sweep_from_file(self, tmp_path, capsys):
+        config = tmp_path / "sweep.toml"
+        config.write_text(
+            '[train]\nmodel = "mlp"\noptimizer = "momentum"\npreprocess = "standard"\n'
+            'num_steps = 6\neval_every = 3\nbatch_size = 16\n\n'
+            '[[member]]\nname = "fixed"\npolicy = "fixed"\nbase_lr = 0.01\n\n'
+            '[[member]]\nname = "tri"\npolicy = "triangular"\nbase_lr = 0.01\n'
+            'max_lr = 0.05\nstep_size = 2\n')
+        out = tmp_path / "out"
+        data = tmp_path / "data"
+        write_image_folder(data)
+        code = cli.main(["sweep", "--config", str(config), "--dataset", str(data),
+                         "--out", str(out), "--no-progress", "--steps", "4"])
+        assert code == 0
+        printed = capsys.readouterr().out
+        assert "| fixed |" in printed and "| tri |" in printed
+        summary = json.loads((out / "sweep.json").read_text())
+        assert summary["steps"] == 4  # the flag wins over the file
+        assert summary["config"]["model"] == "mlp"  # the file wins over the default
+
+    @pytest.mark.parametrize("argv, message", [
+        (["sweep", "--out", "X", "--steps", "2"], "--config FILE or with --member"),
+        (["sweep", "--member", "a", "--out", "X"], "needs a name and a policy"),
+        (["sweep", "--member", "a fixed", "--out", "X", "--steps", "2"], "needs base_lr"),
+        (["sweep", "--config", "missing.toml", "--out", "X"], "does not exist"),
+    ])
+    def test_bad_input_is_one_line(self, argv, message, capsys, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        assert cli.main(argv) == cli.EXIT_USAGE
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1

@@ -1,0 +1,143 @@
+"""The CPU kernels and compiler options change speed, not numerics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from clr_jax.harness import kernels
+from clr_jax.harness.data import load_dataset
+from clr_jax.harness.train import TrainConfig, Trainer
+
+
+def conv_same(x, kernel):
+    """The plain "same" convolution of `kernels.conv_spectral`."""
+    ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((ph, ph), (pw, pw)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_spectral(x, kernel):
+    ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
+    return kernels.conv_spectral(x, kernel, (1, 1), ((ph, ph), (pw, pw)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class TestFastKernels:
+    """The CPU kernels of the Caffe net change speed, not numerics."""
+
+    @pytest.mark.parametrize("h, w", [(32, 32), (16, 16), (7, 9), (8, 5)])
+    def test_max_pool_gradient_is_caffes_first_max(self, h, w):
+        rng = np.random.default_rng(h * w)
+        x = rng.integers(0, 4, (2, h, w, 3)).astype(np.float32)  # many ties
+        y = np.asarray(kernels.max_pool_ceil(jnp.asarray(x)))
+        g = rng.normal(size=y.shape).astype(np.float32)
+        dx = np.asarray(jax.vjp(kernels.max_pool_ceil_fast, jnp.asarray(x))[1](jnp.asarray(g))[0])
+        want = np.zeros_like(x)
+        for n, a, b, c in np.ndindex(*y.shape):
+            cells = [(2 * a + i, 2 * b + j) for i in range(3) for j in range(3)
+                     if 2 * a + i < h and 2 * b + j < w]
+            values = [x[n, r, s, c] for r, s in cells]
+            r, s = cells[int(np.argmax(values))]  # argmax: the first maximum
+            want[n, r, s, c] += g[n, a, b, c]
+            assert y[n, a, b, c] == max(values)
+        np.testing.assert_allclose(dx, want, atol=1e-6)
+
+    def test_lrn_square_roots_equal_the_power(self):
+        x = jax.random.normal(jax.random.key(3), (2, 9, 7, 5)) * 30
+        g = jax.random.normal(jax.random.key(4), x.shape)
+        fast = jax.vjp(lambda x: kernels.lrn_within_channel(x, fast=True), x)
+        plain = jax.vjp(kernels.lrn_within_channel, x)
+        np.testing.assert_allclose(fast[0], plain[0], rtol=2e-6)
+        np.testing.assert_allclose(fast[1](g)[0], plain[1](g)[0], rtol=1e-5, atol=1e-6)
+        # an independent float64 reference of the forward pass
+        x64 = np.asarray(x, np.float64)
+        padded = np.pad(x64 ** 2, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        sums = sum(padded[:, i:i + 9, j:j + 7] for i in range(3) for j in range(3))
+        np.testing.assert_allclose(fast[0], x64 * (1 + 5e-5 / 9 * sums) ** -0.75, rtol=2e-6)
+
+    @pytest.mark.parametrize("shape, kernel_shape", [
+        ((3, 16, 16, 32), (5, 5, 32, 32)), ((2, 8, 8, 32), (5, 5, 32, 64)),
+        ((2, 7, 10, 6), (3, 5, 6, 4)), ((1, 5, 4, 8), (5, 5, 8, 3)),
+    ])
+    def test_spectral_convolution_equals_lax_conv(self, shape, kernel_shape):
+        kx, kk, kg = jax.random.split(jax.random.key(1), 3)
+        x = jax.random.normal(kx, shape)
+        kernel = jax.random.normal(kk, kernel_shape)
+        g = jax.random.normal(kg, shape[:3] + kernel_shape[3:])
+        fast = jax.vjp(conv_spectral, x, kernel)
+        plain = jax.vjp(conv_same, x, kernel)
+        scale = float(jnp.abs(plain[0]).max())
+        np.testing.assert_allclose(fast[0], plain[0], atol=2e-6 * scale)
+        for a, b in zip(fast[1](g), plain[1](g)):
+            np.testing.assert_allclose(a, b, atol=2e-6 * float(jnp.abs(b).max()))
+
+    def test_spectral_convolution_is_exact_on_an_impulse(self):
+        """A unit impulse returns the kernel, flipped as a correlation places it."""
+        x = jnp.zeros((1, 9, 9, 1)).at[0, 4, 4, 0].set(1.0)
+        kernel = jnp.arange(25.0).reshape(5, 5, 1, 1)
+        y = conv_spectral(x, kernel)[0, 2:7, 2:7, 0]
+        np.testing.assert_allclose(y, kernel[::-1, ::-1, 0, 0], atol=1e-5)
+
+    def test_other_convolutions_go_to_lax(self):
+        """Strides, dilation, groups or another padding are not the spectral form's."""
+        x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+        kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
+        numbers = ("NHWC", "HWIO", "NHWC")
+        for args, extra in [(((2, 2), ((1, 1), (1, 1))), {}), (((1, 1), "SAME"), {}),
+                            (((1, 1), ((0, 0), (0, 0))), {}),
+                            (((1, 1), ((1, 1), (1, 1))), {"rhs_dilation": (2, 2)})]:
+            want = jax.lax.conv_general_dilated(x, kernel, *args, dimension_numbers=numbers,
+                                                **extra)
+            got = kernels.conv_spectral(x, kernel, *args, dimension_numbers=numbers, **extra)
+            np.testing.assert_array_equal(got, want)
+
+    def test_compiler_options_per_model_on_cpu(self, monkeypatch):
+        long = kernels.LOOP_EMITTERS_MIN_STEPS
+        loop = {"xla_cpu_use_fusion_emitters": False}
+        assert kernels.compiler_options("caffe_cifar10", "fast", long) == {
+            **kernels.YNN_REDUCTIONS_ONLY, **loop}
+        assert kernels.compiler_options("caffe_cifar10", "auto", long - 1) == \
+            kernels.YNN_REDUCTIONS_ONLY
+        assert kernels.compiler_options("resnet20", "fast", long) == kernels.YNN_REDUCTIONS_ONLY
+        assert kernels.compiler_options("mlp", "fast", long) is None
+        assert kernels.compiler_options("caffe_cifar10", "lax", long) is None
+        data = load_dataset("sample")
+        caffe = Trainer(TrainConfig(num_steps=long, batch_size=48), data,
+                        optax.constant_schedule(0.001))
+        assert caffe.compiler_options == {**kernels.YNN_REDUCTIONS_ONLY, **loop}
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        assert kernels.resolve("auto") == "lax"
+        assert kernels.compiler_options("caffe_cifar10", "fast", long) is None
+
+    def test_convolutions_leave_ynnpack_and_reductions_stay(self):
+        """The option reaches XLA: the compiled convolution is XLA's own, the reduction
+        still a YNNPACK fusion (this jaxlib's names)."""
+        x, kernel = jnp.ones((16, 32, 32, 3)), jnp.ones((5, 5, 3, 32))
+
+        def conv_and_sum(x, kernel):
+            y = conv_same(x, kernel)
+            return y, y.sum((0, 1, 2))
+
+        def entry(options):  # the compiled program's top-level instructions
+            f = jax.jit(conv_and_sum, compiler_options=options)
+            text = f.lower(x, kernel).compile().as_text()
+            return text[text.index("ENTRY"):].split("\n}")[0]
+
+        default, reductions_only = entry(None), entry(kernels.YNN_REDUCTIONS_ONLY)
+        assert "convolution(" not in default and "__ynn_fusion" in default
+        assert "convolution(" in reductions_only and "__ynn_fusion" in reductions_only
+
+    def test_training_curve_matches_the_plain_kernels(self, monkeypatch):
+        data = load_dataset("sample")
+        schedule = {"policy": "triangular", "base_lr": 0.001, "max_lr": 0.006, "step_size": 4}
+
+        def losses(kernels):
+            config = TrainConfig(num_steps=8, eval_every=8, log_every=8, batch_size=48,
+                                 shuffle=False, kernels=kernels, schedule=schedule)
+            trainer = Trainer(config, data)
+            return np.asarray(trainer.run_steps(trainer.initial_state, 0, 8)[1])
+
+        monkeypatch.setattr(kernels, "LOOP_EMITTERS_MIN_STEPS", 0)  # every option on
+        np.testing.assert_allclose(losses("fast"), losses("lax"), rtol=1e-5)
