@@ -523,14 +523,15 @@ def one_cycle(
     """
     v.finite_nonnegative("max_lr", max_lr)
     v.finite_positive("total_steps", total_steps)
+    if not isinstance(three_phase, (bool, np.bool_)):
+        raise ValueError(f"three_phase must be True or False, got {three_phase!r}.")
+    three_phase = bool(three_phase)
     v.check("pct_start", pct_start, lambda p: (p > 0) & (p < 1), "in (0, 1)")
-    if three_phase is True:  # the fall back to the initial rate must end before the end
+    if three_phase:  # the fall back to the initial rate must end before the end
         v.check("pct_start", pct_start, lambda p: p < 0.5, "< 0.5 with three_phase=True")
     v.finite_positive("div_factor", div_factor)
     v.finite_positive("final_div_factor", final_div_factor)
     v.choice("anneal", anneal, ANNEALS)
-    if not isinstance(three_phase, (bool, np.bool_)):
-        raise ValueError(f"three_phase must be True or False, got {three_phase!r}.")
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         t = _as_step(step).astype(_float_dtype())

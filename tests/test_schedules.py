@@ -79,6 +79,25 @@ class TestTriangular2:
         np.testing.assert_allclose(values(s, STEPS), expected, rtol=1e-6)
 
 
+class TestExponential:
+    def test_closed_form_at_the_papers_length(self):
+        s = clr_jax.exponential(0.001, 0.99994)
+        t = np.array([0, 1, 1000, 42_000, 70_000])
+        np.testing.assert_allclose(values(s, t), 0.001 * 0.99994 ** t.astype(np.float64),
+                                   rtol=2e-6)
+
+    def test_traced_log_gamma_keeps_the_precision(self):
+        gammas = np.array([0.99994, 0.9999, 0.99998])
+        want = 0.001 * gammas ** 70_000
+        by_log = jax.vmap(lambda lg: clr_jax.exponential(0.001, log_gamma=lg)(70_000))(
+            np.log(gammas).astype(np.float32))
+        np.testing.assert_allclose(by_log, want, rtol=1e-6)
+        # a traced float32 gamma is rounded before its power: ~1e-3 off at 70,000 steps
+        by_gamma = jax.vmap(lambda g: clr_jax.exponential(0.001, gamma=g)(70_000))(
+            gammas.astype(np.float32))
+        assert np.abs(by_gamma[0] / want[0] - 1) > 1e-4
+
+
 class TestExpRange:
     def test_hand_values(self):
         s = clr_jax.exp_range(1.0, 3.0, step_size=1, gamma=0.5)
@@ -313,6 +332,13 @@ BAD_INPUTS = [
     _bad(lambda: clr_jax.one_cycle(0.1, 100, anneal="exp"), "anneal"),
     _bad(lambda: clr_jax.one_cycle(0.1, 100, pct_start=0.6, three_phase=True),
          "pct_start must be < 0.5 with three_phase=True"),
+    _bad(lambda: clr_jax.one_cycle(0.1, 100, pct_start=0.6, three_phase=np.True_),
+         "pct_start must be < 0.5 with three_phase=True"),
+    _bad(lambda: clr_jax.exponential(0.1, gamma=1.5), "gamma must be in"),
+    _bad(lambda: clr_jax.exponential(-0.1, gamma=0.5), "base_lr must be"),
+    _bad(lambda: clr_jax.exponential(0.1), "give gamma .* or log_gamma"),
+    _bad(lambda: clr_jax.exponential(0.1, gamma=0.5, log_gamma=-0.1), "not both"),
+    _bad(lambda: clr_jax.exp_range(0.1, 0.2, 10, log_gamma=0.1), "log_gamma must be"),
     _bad(lambda: clr_jax.one_cycle(0.1, 100, div_factor=0.0), "div_factor"),
     _bad(lambda: clr_jax.one_cycle(0.1, 100, final_div_factor=-1.0), "final_div_factor"),
     _bad(lambda: clr_jax.one_cycle(0.1, 100, three_phase="yes"), "three_phase"),

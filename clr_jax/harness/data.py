@@ -1,12 +1,14 @@
-"""Image data sets as uint8 arrays: local image folders (a directory or a .tar.gz).
+"""Image data sets as uint8 arrays: local image folders (a directory or a .tar.gz), the
+CIFAR-10 sample bundled with the package, and prepared tensorflow-datasets sets.
 
-The layout is the one ``tfds.folder_dataset.ImageFolder`` reads::
+An image folder has the layout that ``tfds.folder_dataset.ImageFolder`` reads::
 
     <root>/train/<class>/*.jpg
     <root>/test/<class>/*.jpg
 
-Decoding tens of thousands of JPEGs takes a while, so the decoded arrays are cached as
-an ``.npz`` keyed by the source file's size and modification time, and reused.
+It is read here with Pillow rather than through tensorflow-datasets, so that the
+harness does not need TensorFlow. Decoding tens of thousands of JPEGs takes a while, so
+the decoded arrays are cached as an ``.npz`` and reused.
 """
 
 from __future__ import annotations
@@ -179,17 +181,17 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> ImageData
     except ImportError:
         raise ValueError(
             f"data set {name!r} needs tensorflow-datasets: pip install tensorflow-datasets "
-            "tensorflow; or pass --data PATH to an image folder or .tar.gz instead."
+            "tensorflow; or give the path of an image folder or .tar.gz instead."
         ) from None
     try:
         builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
         train, test = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1))
         names = tuple(builder.info.features["label"].names)
-    except Exception as error:  # tfds raises many types for a missing or broken set
+    except Exception:  # tfds raises many types for a missing or broken set
         raise ValueError(
             f"data set {name!r} is not prepared in {data_dir or 'the default tfds folder'} "
-            f"and cannot be downloaded here ({type(error).__name__}); pass --data-dir with "
-            "a prepared copy, or --data PATH to an image folder or .tar.gz."
+            "and nothing is downloaded here; give data_dir, the folder of a prepared copy, "
+            "or the path of an image folder or .tar.gz instead."
         ) from None
     return ImageDataset(train["image"].astype(np.uint8), train["label"].astype(np.int32),
                         test["image"].astype(np.uint8), test["label"].astype(np.int32), names)

@@ -45,6 +45,11 @@ def multipliers_for(params: Any, table: dict[tuple[str, str], tuple[float, float
     return jax.tree_util.tree_map_with_path(lookup, params)
 
 
+def _check(momentum, weight_decay) -> None:
+    v.check("momentum", momentum, lambda m: (m >= 0) & (m < 1), "in [0, 1)")
+    v.finite_nonnegative("weight_decay", weight_decay)
+
+
 def _per_parameter(weight_decay: float, multipliers: Multipliers | None):
     """grad -> lr_mult * (grad + weight_decay * decay_mult * w), one label per pair."""
     if multipliers is None:
@@ -92,8 +97,7 @@ def caffe_sgd(
       >>> round(float(u1), 6), round(float(u2), 6)
       (-0.1, -0.25)
     """
-    v.check("momentum", momentum, lambda m: (m >= 0) & (m < 1), "in [0, 1)")
-    v.finite_nonnegative("weight_decay", weight_decay)
+    _check(momentum, weight_decay)
     rate = (optax.scale_by_schedule(learning_rate) if callable(learning_rate)
             else optax.scale(learning_rate))
     return optax.chain(_per_parameter(weight_decay, multipliers), rate,
@@ -133,7 +137,6 @@ def make_optimizer(
     if name == "caffe_sgd":
         return caffe_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay,
                          multipliers=multipliers)
-    v.check("momentum", momentum, lambda m: (m >= 0) & (m < 1), "in [0, 1)")
-    v.finite_nonnegative("weight_decay", weight_decay)
+    _check(momentum, weight_decay)
     return optax.chain(_per_parameter(weight_decay, multipliers),
                        _OPTAX[name](learning_rate, momentum))
