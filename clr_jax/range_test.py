@@ -42,8 +42,18 @@ MODES = ("linear", "exponential")
 _REASONS = {0: None, 1: "diverged", 2: "non-finite loss"}
 
 
+class _JsonResult:
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN written as None)."""
+        return jsonable(dataclasses.asdict(self))
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        """Writes `to_dict` as JSON, atomically."""
+        write_json(path, self.to_dict())
+
+
 @dataclasses.dataclass(frozen=True)
-class RangeTestResult:
+class RangeTestResult(_JsonResult):
     """What `range_test` measured. Arrays hold one entry per step taken.
 
     Attributes:
@@ -80,13 +90,6 @@ class RangeTestResult:
         """Whether the test stopped before ``num_steps``."""
         return self.stop_reason is not None
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (NaN written as None)."""
-        return jsonable(dataclasses.asdict(self))
-
-    def save_json(self, path: str | os.PathLike) -> None:
-        """Writes `to_dict` as JSON, atomically."""
-        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RangeTestResult:
@@ -100,7 +103,7 @@ class RangeTestResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class ParallelRangeTestResult:
+class ParallelRangeTestResult(_JsonResult):
     """What `parallel_range_test` measured; S seeds by K learning rates.
 
     Attributes:
@@ -131,13 +134,6 @@ class ParallelRangeTestResult:
             grew = self.final_losses > self.diverge_threshold * self.losses[..., 0]
         return ~np.isfinite(self.final_losses) | grew
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (NaN written as None)."""
-        return jsonable(dataclasses.asdict(self))
-
-    def save_json(self, path: str | os.PathLike) -> None:
-        """Writes `to_dict` as JSON, atomically."""
-        write_json(path, self.to_dict())
 
     def sorted_by_rate(self) -> ParallelRangeTestResult:
         """The same result with the rates (and every per-rate array) in rising order."""
@@ -199,6 +195,15 @@ def _leading_length(batches) -> int | None:
             f"{sorted(str(n) for n in lengths)}."
         )
     return lengths.pop()
+
+
+def _take(iterator: Iterator, count: int, done: int, num_steps: int) -> list:
+    """The next ``count`` batches of ``iterator``, ``done`` having been taken already."""
+    items = list(itertools.islice(iterator, count))
+    if len(items) < count:
+        raise ValueError(f"batches ran out after {done + len(items)} of num_steps="
+                         f"{num_steps}; give at least num_steps batches.")
+    return items
 
 
 def _check_common(min_lr, max_lr, num_steps, mode):
@@ -399,14 +404,7 @@ def range_test(
     done = 0
     while done < num_steps:
         if num_batches is None:
-            items = []
-            for _ in range(min(chunk, num_steps - done)):
-                try:
-                    items.append(next(iterator))
-                except StopIteration:
-                    raise ValueError(
-                        f"batches ran out after {done + len(items)} of num_steps="
-                        f"{num_steps}; give at least num_steps batches.") from None
+            items = _take(iterator, min(chunk, num_steps - done), done, num_steps)
             while len(items) < chunk:  # pad the last chunk; those steps are skipped
                 items.append(items[-1])
             chunk_batches = jax.tree.map(lambda *xs: jnp.stack(xs), *items)
@@ -521,14 +519,7 @@ def parallel_range_test(
     v.check("diverge_threshold", diverge_threshold, lambda d: d > 1, "> 1")
     num_batches = _leading_length(batches)
     if num_batches is None:
-        items = []
-        for item in batches:
-            items.append(item)
-            if len(items) == num_steps:
-                break
-        if len(items) < num_steps:
-            raise ValueError(f"batches ran out after {len(items)} of num_steps={num_steps}; "
-                             "give at least num_steps batches.")
+        items = _take(iter(batches), num_steps, 0, num_steps)
         batches = jax.tree.map(lambda *xs: jnp.stack(xs), *items)
         num_batches = num_steps
     if num_batches == 0:

@@ -1,5 +1,6 @@
 """Shared by the experiment scripts: metadata, result files, and resumable sweeps."""
 
+import argparse
 import json
 import os
 import platform
@@ -14,6 +15,19 @@ from clr_jax.harness.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
+
+
+def experiment_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser with the flag every experiment takes: --data."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"),
+                        help="the CIFAR-10 image folder or .tar.gz (or $CLR_JAX_DATA)")
+    return parser
+
+
+def require_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.data:
+        parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
 
 
 def commit() -> str | None:

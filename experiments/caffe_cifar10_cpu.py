@@ -12,9 +12,9 @@ interrupted run. Writes experiments/results/caffe_cifar10_cpu/ (summary.json,
 metrics.jsonl, learning_curves.png).
 """
 
-import argparse
-import os
 from pathlib import Path
+
+from _common import experiment_parser, require_data
 
 from clr_jax import plotting
 from clr_jax.harness import TrainConfig, load_dataset, read_metrics
@@ -24,14 +24,12 @@ OUT = Path(__file__).resolve().parent / "results" / "caffe_cifar10_cpu"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"))
+    parser = experiment_parser(__doc__)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
-    if not args.data:
-        parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
+    require_data(parser, args)
     config = TrainConfig(num_steps=args.steps, eval_every=250, log_every=50,
                          checkpoint_every=500, eval_batch_size=500,
                          schedule={"policy": "triangular2", "base_lr": 0.001, "max_lr": 0.006,

@@ -18,16 +18,13 @@ versions) and docs/images/figure3_range_test_<scale>.png. --out-dir redirects bo
 tests).
 """
 
-import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-import jax
 
-import clr_jax
+from _common import experiment_parser, metadata, require_data
+
 from clr_jax import plotting
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.jobs import run_range_test
@@ -40,16 +37,14 @@ METHODS = ("paper", "paper_peak", "steepest", "valley", "minimum")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"))
+    parser = experiment_parser(__doc__)
     parser.add_argument("--scale", choices=(*SCALES, "tiny"), default="cpu")
     parser.add_argument("--out-dir", type=Path, help="write results and figure here")
     parser.add_argument("--model", default="caffe_cifar10",
                         help="the paper's network; another only for smoke tests")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if not args.data:
-        parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
+    require_data(parser, args)
     steps = SCALES.get(args.scale, 8)
     dataset = load_dataset(args.data)
     results = (args.out_dir or ROOT / "experiments" / "results")
@@ -77,9 +72,7 @@ def main(argv=None):
         "curve": result.to_dict(),
         "config": json.loads(json.dumps(config.__dict__)),
         "wall_seconds": seconds,
-        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "machine": platform.machine(),
-        "clr_jax": clr_jax.__version__, "jax": jax.__version__,
+        **metadata(),
     }
     results.mkdir(parents=True, exist_ok=True)
     (results / f"figure3_range_test_{args.scale}.json").write_text(

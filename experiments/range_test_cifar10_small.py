@@ -16,9 +16,7 @@ drawn to docs/images/range_test_cifar10_<name>.png:
 - parallel: 6 fixed rates from 0.003 to 0.3, 150 steps each, trained at once.
 """
 
-import argparse
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -27,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from _common import experiment_parser, require_data
 
 import clr_jax
 from clr_jax import plotting
@@ -62,15 +62,12 @@ def logits_fn(p, images):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"),
-                        help="CIFAR-10 image folder or .tar.gz (or $CLR_JAX_DATA)")
+    parser = experiment_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="a few steps, for smoke tests")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--images", type=Path, default=IMAGES)
     args = parser.parse_args()
-    if not args.data:
-        parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
+    require_data(parser, args)
     scale = 0.02 if args.quick else 1.0
     steps = {k: max(4, int(n * scale)) for k, n in
              (("linear", 800), ("exponential", 400), ("parallel", 150))}

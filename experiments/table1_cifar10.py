@@ -35,14 +35,12 @@ policy's length) with a markdown table next to it, and
 docs/images/table1_cifar10_<scale>.png.
 """
 
-import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import optax
-from _common import commit, metadata, write_json
+from _common import commit, experiment_parser, metadata, require_data, write_json
 
 import clr_jax
 from clr_jax.harness import TrainConfig, load_dataset
@@ -73,8 +71,7 @@ def policies(scale: float):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"))
+    parser = experiment_parser(__doc__)
     parser.add_argument("--policies", default=",".join(policies(1.0)))
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -94,8 +91,7 @@ def main(argv=None):
                         help="write the result file and figure here (default: "
                         "experiments/results and docs/images)")
     args = parser.parse_args(argv)
-    if not args.data:
-        parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
+    require_data(parser, args)
     table = policies(args.scale)
     chosen = args.policies.split(",")
     unknown = sorted(set(chosen) - set(table))

@@ -20,11 +20,10 @@ Writes experiments/results/table3_optimizers_<scale>.json. --scale 1.0 is the pa
 length (a GPU job); smaller scales shorten every length and step size.
 """
 
-import argparse
 import json
 import os
 
-from _common import RESULTS, accuracy_at, data_name, metadata, run_sweep
+from _common import RESULTS, accuracy_at, data_name, experiment_parser, metadata, require_data, run_sweep
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.sweep import Member
 from clr_jax.harness.train import TrainConfig
@@ -37,8 +36,7 @@ PAPER = {"nesterov": (82.1, 81.3, None), "adam": (81.4, 79.8, 81.1),
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"))
+    parser = experiment_parser(__doc__)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--optimizers", default=",".join(BOUNDS))
     parser.add_argument("--out-dir", type=os.path.abspath, default=str(RESULTS))
@@ -47,8 +45,7 @@ def main(argv=None):
                         help="the paper's network; another only for smoke tests")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if not args.data:
-        parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
+    require_data(parser, args)
     chosen = args.optimizers.split(",")
     unknown = sorted(set(chosen) - set(BOUNDS))
     if unknown:

@@ -16,13 +16,12 @@ defaults to 164 epochs (64k iterations at batch 128, the original run).
 Writes experiments/results/table4_resnet_<model>_<epochs>ep.json.
 """
 
-import argparse
 import json
 import os
 from pathlib import Path
 
 import clr_jax
-from _common import RESULTS, data_name, metadata, run_sweep
+from _common import RESULTS, data_name, experiment_parser, metadata, require_data, run_sweep
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.sweep import Member
 from clr_jax.harness.train import TrainConfig
@@ -31,16 +30,14 @@ PAPER = {"fixed 0.1": 92.8, "CLR 0.1-0.3": 93.6}  # CIFAR-10, mean of 5 runs
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"))
+    parser = experiment_parser(__doc__)
     parser.add_argument("--epochs", type=float, default=164)
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out-dir", type=os.path.abspath, default=str(RESULTS))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if not args.data:
-        parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
+    require_data(parser, args)
     dataset = load_dataset(args.data)
     n = len(dataset.train_labels)
     steps = clr_jax.step_size_from_epochs(args.epochs, n, args.batch_size)
