@@ -19,16 +19,34 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     made if needed. On an error the temporary file is removed and the error raised."""
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
     try:
-        with open(tmp, mode) as f:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "Is a directory", path)
+        os.makedirs(directory, exist_ok=True)
+        f = open(tmp, mode)
+    except OSError as error:
+        raise ValueError(_unwritable(path, error)) from None
+    try:
+        with f:
             yield f
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _unwritable(path: str, error: OSError) -> str:
+    """Why ``path`` cannot be written, in words: the part of it that is in the way."""
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        return f"cannot write {path}: {parent} is a file, not a folder."
+    if os.path.isdir(path):
+        return f"cannot write {path}: it is a folder; give a file name."
+    return f"cannot write {path}: {error.strerror or error}."
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

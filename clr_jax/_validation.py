@@ -84,3 +84,27 @@ def positive_int(name: str, value) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
+
+
+def broadcastable(**values) -> None:
+    """Checks that the concrete array values broadcast together; names them if not."""
+    shapes = {name: np.shape(array) for name, value in values.items()
+              if value is not None and (array := concrete(value)) is not None}
+    try:
+        np.broadcast_shapes(*shapes.values())
+    except ValueError:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(
+            f"the settings' shapes do not broadcast together: {listed}; give single values "
+            "or arrays of one shape (one entry per schedule)."
+        ) from None
+
+
+def fits(name: str, value, dtype) -> None:
+    """Checks that a concrete value is a normal number of ``dtype`` (float32 unless x64):
+    finite there, and zero or at least its smallest normal magnitude, so arithmetic on it
+    neither overflows to inf nor loses precision in subnormals."""
+    info = np.finfo(dtype)
+    check(name, value, lambda x: (np.abs(x) <= info.max) & ((x == 0) | (np.abs(x) >= info.tiny)),
+          f"representable in {np.dtype(dtype).name} (0, or a magnitude between "
+          f"{info.tiny:.3g} and {info.max:.3g})")

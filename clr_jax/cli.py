@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,19 @@ from pathlib import Path
 __all__ = ["main"]
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def say(*parts, **kwargs) -> None:
+    """print, on the process that reports (every process of a multi-process run runs the
+    command; process 0 speaks for them)."""
+    if "jax" in sys.modules:
+        import jax
+
+        if jax.process_index() != 0:
+            return
+    print(*parts, **kwargs)
 
 
 class UsageError(Exception):
@@ -143,6 +156,8 @@ def schedule_from_args(args: argparse.Namespace):
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from clr_jax import plotting
@@ -156,12 +171,16 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     if num_steps is None:
         num_steps = int(4 * (args.step_size or 0)) or 1000
     if args.steps is not None:
-        steps = np.asarray(args.steps)
-        values = plotting.schedule_values(schedule, int(steps.max()) + 1)[steps]
+        steps = np.asarray(args.steps, np.int64)
     else:
-        every = args.every or max(1, num_steps // 20)
-        steps = np.arange(0, num_steps, every)
-        values = plotting.schedule_values(schedule, num_steps)[steps]
+        steps = np.arange(0, num_steps, args.every or max(1, num_steps // 20))
+    if steps.max() > np.iinfo(np.int32).max:
+        raise UsageError(f"steps go up to {2**31 - 1}; got {int(steps.max())}")
+    values = np.asarray(jax.jit(jax.vmap(schedule))(jnp.asarray(steps, jnp.int32)))
+    bad = steps[~np.isfinite(values)]
+    if bad.size:
+        raise UsageError(f"the schedule is not finite at step {int(bad[0])}; check its "
+                         "settings")
     print("step\tvalue")
     for step, value in zip(steps, values):
         print(f"{int(step)}\t{float(value):.6g}")
@@ -246,6 +265,29 @@ def _add_data_model_flags(parser: argparse.ArgumentParser, *, steps_help: str) -
     run.add_argument("--out", required=True, type=Path, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    hosts = parser.add_argument_group(
+        "several processes", "run one process per host (or per device group), all with the "
+        "same command; see docs/guide/training.md")
+    hosts.add_argument("--distributed", action="store_true",
+                       help="join the other processes of a multi-process run; the settings "
+                       "below, or those of the cluster (Slurm, Open MPI, Kubernetes, a TPU "
+                       "pod slice)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0 (implies --distributed)")
+    hosts.add_argument("--num-processes", type=int, help="processes in the run")
+    hosts.add_argument("--process-id", type=int, help="this process's index, from 0")
+
+
+def _start_distributed(args) -> None:
+    given = [getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id")]
+    if not (getattr(args, "distributed", False) or any(x is not None for x in given)):
+        return
+    if any(x is not None for x in given) and any(x is None for x in given):
+        raise UsageError("give --coordinator, --num-processes and --process-id together "
+                         "(or --distributed alone under a cluster JAX detects)")
+    from clr_jax.harness import distributed
+
+    distributed.initialize(*given)
 
 
 def _add_loop_flags(parser: argparse.ArgumentParser, what: str) -> None:
@@ -315,19 +357,20 @@ def _cmd_range_test(args: argparse.Namespace) -> int:
         config, dataset, args.out, min_lr=args.min_lr, max_lr=args.max_lr,
         num_steps=num_steps, mode=args.mode, eval_every=eval_every,
         overwrite=args.overwrite, progress=not args.no_progress, methods=methods)
-    print(f"range test: {len(result.losses)} steps"
+    say(f"range test: {len(result.losses)} steps"
           + (f", stopped early ({result.stop_reason})" if result.stop_reason else ""))
     for b in bounds:
-        print(f"{b.method:11s} base_lr {b.base_lr:.4g}  max_lr {b.max_lr:.4g}")
+        say(f"{b.method:11s} base_lr {b.base_lr:.4g}  max_lr {b.max_lr:.4g}")
     if not bounds:
-        print("no rule could read bounds from this test (see range_test.png)")
-    print(f"wrote {args.out / 'range_test.json'} and {args.out / 'range_test.png'}")
+        say("no rule could read bounds from this test (see range_test.png)")
+    say(f"wrote {args.out / 'range_test.json'} and {args.out / 'range_test.png'}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import clr_jax
     from clr_jax import plotting
+    from clr_jax.harness import distributed
     from clr_jax.harness.rundir import read_metrics
     from clr_jax.harness.train import train
 
@@ -342,12 +385,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = train(config, dataset, args.out, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress, describe={"dataset": args.dataset},
                     tensorboard=args.tensorboard)
-    plotting.save_figure(plotting.plot_learning_curves(
-        {"run": read_metrics(args.out / "metrics.jsonl")}), args.out / "learning_curves.png")
-    print(f"final test accuracy {summary['final_test_accuracy']:.4f} "
+    if summary.get("finished_before"):
+        say(f"the run in {args.out} has finished ({summary['steps']} steps, final test "
+            f"accuracy {summary['final_test_accuracy']:.4f}); nothing to resume, nothing "
+            "changed")
+        return 0
+    if distributed.is_primary():
+        plotting.save_figure(plotting.plot_learning_curves(
+            {"run": read_metrics(args.out / "metrics.jsonl")}), args.out / "learning_curves.png")
+    say(f"final test accuracy {summary['final_test_accuracy']:.4f} "
           f"(best {summary['best_test_accuracy']:.4f} at step {summary['best_step']}), "
           f"{summary['images_per_second']:.0f} images/s")
-    print(f"wrote {args.out / 'summary.json'}, metrics.jsonl and learning_curves.png")
+    say(f"wrote {args.out / 'summary.json'}, metrics.jsonl and learning_curves.png")
     return 0
 
 
@@ -404,8 +453,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                     member_devices=args.member_devices,
                     target_accuracy=args.target_accuracy,
                     describe={"dataset": args.dataset}, tensorboard=args.tensorboard)
-    print((args.out / "table.md").read_text(), end="")
-    print(f"{len(members)} members in {summary['wall_seconds_this_session']:.0f} s "
+    if summary.get("finished_before"):
+        say(f"the sweep in {args.out} has finished ({summary['steps']} steps); nothing to "
+            "resume, nothing changed")
+        return 0
+    say((args.out / "table.md").read_text(), end="")
+    say(f"{len(members)} members in {summary['wall_seconds_this_session']:.0f} s "
           f"({summary['members_per_chunk']} per chunk); wrote {args.out / 'sweep.json'}, "
           "table.md, table.csv, curves.png and schedules.png")
     return 0
@@ -416,8 +469,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.out, overwrite=args.overwrite, progress=not args.no_progress)
     for label, run in report["runs"].items():
-        print(f"{label:28s} final test accuracy {run['final_test_accuracy']:.4f}")
-    print(f"report: {args.out / 'summary.md'} ({report['seconds']:.0f} s)")
+        say(f"{label:28s} final test accuracy {run['final_test_accuracy']:.4f}")
+    say(f"report: {args.out / 'summary.md'} ({report['seconds']:.0f} s)")
     return 0
 
 
@@ -522,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             if isinstance(a, argparse._SubParsersAction))
             commands.choices["sweep"].set_defaults(**_sweep_file_defaults(train_settings))
             args = parser.parse_args(argv)
+        _start_distributed(args)
         return args.run(args)
     except UsageError as error:
         print(f"clr-jax: error: {error}", file=sys.stderr)
@@ -529,12 +583,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"clr-jax: error: {in_flags(str(error))}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        # A second Ctrl-C while the process shuts down must not print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        terminated = type(stop).__name__ == "Terminated"  # clr_jax.harness.rundir's
         hint = ""
-        if getattr(args, "command", None) in ("train", "sweep"):
+        out = getattr(args, "out", None)
+        if getattr(args, "command", None) in ("train", "sweep") and out is not None \
+                and (Path(out) / "checkpoints").exists():
             hint = "; a checkpoint was saved: add --resume to the same command to continue"
-        print(f"clr-jax: interrupted{hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        say(f"clr-jax: {'stopped by SIGTERM' if terminated else 'interrupted'}{hint}",
+            file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - TrainingError and friends, one line
         from clr_jax.harness.train import TrainingError
 

@@ -206,6 +206,32 @@ def _take(iterator: Iterator, count: int, done: int, num_steps: int) -> list:
     return items
 
 
+def _check_optimizer(optimizer) -> None:
+    if isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError(
+            "optimizer must be a function of the learning rate, such as optax.sgd or "
+            "lambda lr: optax.adam(lr), not a built transformation: the test sets the rate "
+            f"itself. Got {type(optimizer).__name__}; pass the factory without its rate.")
+    if not callable(optimizer):
+        raise ValueError(f"optimizer must be a function of the learning rate, such as "
+                         f"optax.sgd; got {optimizer!r}.")
+
+
+def _metric_values(metrics: Any) -> dict[str, float]:
+    """eval_fn's result as {name: float}, checked."""
+    if not isinstance(metrics, Mapping):
+        raise ValueError(
+            "eval_fn must return a dict of scalar metrics, such as {'accuracy': 0.93}; got "
+            f"{type(metrics).__name__} {metrics!r:.60}.")
+    values = {}
+    for name, value in metrics.items():
+        if np.ndim(value) != 0:
+            raise ValueError(f"eval_fn's metric {name!r} must be a scalar, got shape "
+                             f"{np.shape(value)}; reduce it (e.g. with .mean()).")
+        values[str(name)] = float(value)
+    return values
+
+
 def _check_common(min_lr, max_lr, num_steps, mode):
     v.finite_positive("min_lr", min_lr)
     v.finite_positive("max_lr", max_lr)
@@ -316,6 +342,7 @@ def range_test(
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable, got {loss_fn!r}.")
 
+    _check_optimizer(optimizer)
     schedule = ramp(float(min_lr), float(max_lr), num_steps, mode)
     tx = optimizer(schedule)
     if not isinstance(tx, optax.GradientTransformation):
@@ -423,8 +450,8 @@ def range_test(
         # stop, and parameters after a non-finite loss are meaningless.
         full_chunk = ran == chunk and not (ran and r[ran - 1] == 2)
         if eval_fn is not None and full_chunk and done % eval_every == 0:
-            for name, value in eval_fn(carry.params).items():
-                eval_metrics.setdefault(name, []).append(float(value))
+            for name, value in _metric_values(eval_fn(carry.params)).items():
+                eval_metrics.setdefault(name, []).append(value)
             eval_steps.append(done)
         if bool(carry.stopped):
             break
@@ -524,6 +551,7 @@ def parallel_range_test(
         num_batches = num_steps
     if num_batches == 0:
         raise ValueError("batches has 0 entries on its leading step axis.")
+    _check_optimizer(optimizer)
     takes_key = _takes_key(loss_fn)
     tail = max(1, round(tail_fraction * num_steps))
 
@@ -534,6 +562,17 @@ def parallel_range_test(
         else loss_fn(p, first_batch), first_params)
     group, unroll = _backend.group_size(
         _backend.MAX_UNROLLED_STEPS if convolutional else num_steps, convolutional)
+    if eval_fn is not None:  # its structure, before it is vmapped
+        try:
+            shapes = jax.eval_shape(eval_fn, first_params)
+        except Exception as error:  # noqa: BLE001 - any failure to trace is the user's fn
+            raise ValueError(f"eval_fn must be a JAX function of the parameters (it is "
+                             f"vmapped over the members); tracing it failed: "
+                             f"{type(error).__name__}: {str(error).splitlines()[0]}") from None
+        if not isinstance(shapes, Mapping):
+            raise ValueError("eval_fn must return a dict of scalar metrics, such as "
+                             "{'accuracy': 0.93}; got a single value.")
+        _metric_values({k: np.zeros(np.shape(x)) for k, x in shapes.items()})
     num_groups = math.ceil(num_steps / group)
 
     def start(lr, seed):

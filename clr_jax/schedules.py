@@ -111,18 +111,37 @@ def _apply_window(s: jax.Array, window: str) -> jax.Array:
     return s
 
 
+def _fits(**values) -> None:
+    """Each concrete value must be a normal number of the dtype the schedules compute in."""
+    for name, value in values.items():
+        if value is not None:
+            v.fits(name, value, _float_dtype())
+
+
 def _check_bounds(lo_name: str, lo, hi_name: str, hi) -> None:
     v.finite_nonnegative(lo_name, lo)
     v.finite_nonnegative(hi_name, hi)
+    _fits(**{lo_name: lo, hi_name: hi})
+    v.broadcastable(**{lo_name: lo, hi_name: hi})
     v.not_less(hi_name, hi, lo_name, lo)
 
 
 def _check_step_sizes(step_size, step_size_down):
-    v.finite_positive("step_size", step_size)
-    if step_size_down is None:
-        return step_size
-    v.finite_positive("step_size_down", step_size_down)
-    return step_size_down
+    """Both halves of a cycle must last at least one step: a cycle shorter than that is
+    sampled only near its start at integer steps, so the rate would hardly move (PyTorch
+    accepts such sizes and stays at base_lr)."""
+    for name, size in (("step_size", step_size), ("step_size_down", step_size_down)):
+        if size is not None:
+            v.check(name, size, lambda x: np.isfinite(x) & (x >= 1),
+                    "a number of steps >= 1 (a half cycle under one step leaves the rate "
+                    "at base_lr at every integer step)")
+            _fits(**{name: size})
+    v.broadcastable(step_size=step_size, step_size_down=step_size_down)
+    down = step_size if step_size_down is None else step_size_down
+    total = v.concrete(step_size), v.concrete(down)
+    if total[0] is not None and total[1] is not None:
+        _fits(**{"step_size + step_size_down": total[0].astype(np.float64) + total[1]})
+    return down
 
 
 def cyclical(
@@ -180,6 +199,8 @@ def cyclical(
     """
     _check_bounds("base_lr", base_lr, "max_lr", max_lr)
     step_size_down = _check_step_sizes(step_size, step_size_down)
+    v.broadcastable(base_lr=base_lr, max_lr=max_lr, step_size=step_size,
+                    step_size_down=step_size_down)
     v.choice("window", window, WINDOWS)
     v.choice("scale_mode", scale_mode, SCALE_MODES)
     if scale_fn is not None and not callable(scale_fn):
@@ -299,6 +320,7 @@ def _log_gamma(gamma, log_gamma) -> jax.Array:
     if log_gamma is not None:
         v.check("log_gamma", log_gamma, lambda g: np.isfinite(g) & (g <= 0),
                 "a finite number <= 0 (gamma in (0, 1])")
+        _fits(log_gamma=log_gamma)
         return _as_float(log_gamma)
     v.check("gamma", gamma, lambda g: (g > 0) & (g <= 1), "in (0, 1]")
     array = v.concrete(gamma)
@@ -412,7 +434,9 @@ def exponential(
       [0.001, 0.0005, 0.000125]
     """
     v.finite_nonnegative("base_lr", base_lr)
+    _fits(base_lr=base_lr)
     log_gamma = _log_gamma(gamma, log_gamma)
+    v.broadcastable(base_lr=base_lr, gamma=gamma, log_gamma=log_gamma)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         t = _as_step(step).astype(_float_dtype())
@@ -456,6 +480,8 @@ def decay(
     """
     _check_bounds("base_lr", base_lr, "max_lr", max_lr)
     v.finite_positive("decay_steps", decay_steps)
+    _fits(decay_steps=decay_steps)
+    v.broadcastable(max_lr=max_lr, base_lr=base_lr, decay_steps=decay_steps)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         t = _as_step(step).astype(_float_dtype())
@@ -531,6 +557,17 @@ def one_cycle(
         v.check("pct_start", pct_start, lambda p: p < 0.5, "< 0.5 with three_phase=True")
     v.finite_positive("div_factor", div_factor)
     v.finite_positive("final_div_factor", final_div_factor)
+    _fits(max_lr=max_lr, total_steps=total_steps, div_factor=div_factor,
+          final_div_factor=final_div_factor)
+    v.broadcastable(max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
+                    div_factor=div_factor, final_div_factor=final_div_factor)
+    concrete = [v.concrete(x) for x in (max_lr, div_factor, final_div_factor)]
+    if all(x is not None for x in concrete):
+        peak, div, final_div = (x.astype(np.float64) for x in concrete)
+        with np.errstate(over="ignore", under="ignore", divide="ignore"):
+            _fits(**{"max_lr / div_factor (the initial rate)": peak / div,
+                     "max_lr / (div_factor * final_div_factor) (the final rate)":
+                         peak / div / final_div})
     v.choice("anneal", anneal, ANNEALS)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
@@ -598,6 +635,7 @@ def cyclical_momentum(
     """
     for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
         v.check(name, value, lambda m: (m >= 0) & (m <= 1), "in [0, 1]")
+    v.broadcastable(base_momentum=base_momentum, max_momentum=max_momentum)
     v.not_less("max_momentum", max_momentum, "base_momentum", base_momentum)
     step_size_down = _check_step_sizes(step_size, step_size_down)
 

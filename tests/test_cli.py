@@ -129,14 +129,71 @@ class TestTrainAndRangeTest:
           "0.1"], "max_lr must be > min_lr"),
         (["train", "--dataset", "{tmp}/broken.tar.gz", "--out", "{tmp}/a", "--steps", "5",
           "--policy", "fixed", "--base-lr", "0.1"], "cannot read archive"),
+        # settings that overflow the float32 the schedules compute in
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--policy", "triangular",
+          "--base-lr", "0.001", "--max-lr", "0.006", "--step-size", "1e39"],
+         "step_size must be representable in float32"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--policy", "triangular",
+          "--base-lr", "0.001", "--max-lr", "0.006", "--step-size", "0.5"],
+         "step_size must be a number of steps >= 1"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--policy", "one_cycle",
+          "--max-lr", "0.1", "--total-steps", "100", "--div-factor", "1e-300"],
+         "div_factor must be representable"),
+        # every other run setting
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--batch-size", "0", "--policy",
+          "fixed", "--base-lr", "0.1"], "--batch-size must be a positive integer"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--eval-every", "0", "--policy",
+          "fixed", "--base-lr", "0.1"], "--eval-every must be a positive integer"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--checkpoint-every", "-1", "--policy",
+          "fixed", "--base-lr", "0.1"], "--checkpoint-every must be a positive integer"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--momentum", "1.5", "--policy",
+          "fixed", "--base-lr", "0.1"], "momentum must be in [0, 1)"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--weight-decay", "nan", "--policy",
+          "fixed", "--base-lr", "0.1"], "weight_decay must be a finite number >= 0"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--seed", "-3", "--policy",
+          "fixed", "--base-lr", "0.1"], "seed must be an integer from 0"),
+        (["train", "--out", "{tmp}/a", "--epochs", "-1", "--policy", "fixed",
+          "--base-lr", "0.1"], "epochs must be a finite number > 0"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--policy", "fixed", "--base-lr",
+          "0.1", "--resume"], "nothing to resume in"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--policy", "fixed", "--base-lr",
+          "0.1", "--coordinator", "localhost:1"], "give --coordinator, --num-processes"),
+        (["range-test", "--out", "{tmp}/b", "--steps", "5", "--min-lr", "nan"],
+         "min_lr must be a finite number > 0"),
+        (["sweep", "--out", "{tmp}/c", "--steps", "5", "--member", "a fixed base_lr=0.1",
+          "--members-per-chunk", "0"], "--members-per-chunk must be a positive integer"),
+        (["sweep", "--out", "{tmp}/c", "--steps", "5", "--member", "a fixed base_lr=0.1",
+          "--target-accuracy", "2"], "--target-accuracy must be in (0, 1]"),
+        (["schedule", "--policy", "triangular", "--base-lr", "0.001", "--max-lr", "1e39",
+          "--step-size", "10"], "max_lr must be representable in float32"),
+        (["schedule", "--policy", "fixed", "--base-lr", "0.1", "--plot", "{tmp}/file/s.png"],
+         "file is a file, not a folder"),
+        (["schedule", "--policy", "fixed", "--base-lr", "0.1", "--steps", "0,3000000000"],
+         "steps go up to 2147483647"),
     ])
     def test_user_errors_are_one_line(self, tmp_path, argv, match, capsys):
         (tmp_path / "file").write_text("")
         (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b garbage")
         code = cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
         err = capsys.readouterr().err
-        assert code != 0 and match in err, err
+        assert code == cli.EXIT_USAGE and match in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
+        for run in ("a", "b", "c"):  # nothing written that would block the corrected rerun
+            assert not any((tmp_path / run / name).exists()
+                           for name in ("summary.json", "metrics.jsonl", "checkpoints"))
+
+    def test_resume_of_a_finished_run_changes_nothing(self, tmp_path, capsys):
+        argv = ["train", "--model", "mlp", "--batch-size", "48", "--steps", "4",
+                "--eval-every", "2", "--policy", "fixed", "--base-lr", "0.001", "--no-progress",
+                "--out", str(tmp_path / "run")]
+        assert cli.main(argv) == 0
+        files = sorted(p for p in (tmp_path / "run").rglob("*") if p.is_file())
+        stamps = [p.stat().st_mtime_ns for p in files]
+        capsys.readouterr()
+        assert cli.main([*argv, "--resume"]) == 0
+        assert "has finished (4 steps" in capsys.readouterr().out
+        assert sorted(p for p in (tmp_path / "run").rglob("*") if p.is_file()) == files
+        assert [p.stat().st_mtime_ns for p in files] == stamps
 
 
 class TestSweep:

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clr_jax.harness.data import load_dataset, load_image_folder
+from clr_jax.harness import data as data_module
+from clr_jax.harness.data import ImageDataset, load_dataset, load_image_folder
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +62,114 @@ class TestData:
         assert d.test_images.shape == (10_000, 32, 32, 3)
         assert d.class_names[0] == "airplane" and d.class_names[-1] == "truck"
         np.testing.assert_array_equal(np.bincount(d.test_labels), [1000] * 10)
+
+
+def _folder(root, n=3, size=4):
+    from PIL import Image
+
+    for split, count in (("train", n), ("test", 1)):
+        for c, cls in enumerate(("cat", "dog")):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (size, size), (i * 40, 100 * c, 200)).save(folder / f"{i}.png")
+    return root
+
+
+class TestCache:
+    """The decoded-image cache notices every change inside a folder or archive."""
+
+    @pytest.fixture(autouse=True)
+    def cache(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("CLR_JAX_CACHE", str(tmp_path / "cache"))
+
+    def test_changes_inside_a_folder_are_seen(self, tmp_path):
+        from PIL import Image
+
+        root = _folder(tmp_path / "d")
+        first = load_image_folder(root)
+        assert load_image_folder(root).train_images.shape[0] == 6  # from the cache
+        assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+        Image.new("RGB", (4, 4), (1, 2, 3)).save(root / "train" / "cat" / "9.png")  # added
+        assert load_image_folder(root).train_images.shape[0] == 7
+        (root / "train" / "cat" / "9.png").unlink()  # removed
+        assert load_image_folder(root).train_images.shape[0] == 6
+        replaced = root / "train" / "dog" / "0.png"
+        Image.new("RGB", (4, 4), (255, 255, 255)).save(replaced)  # replaced, same size
+        again = load_image_folder(root)
+        assert not np.array_equal(again.train_images, first.train_images)
+        np.testing.assert_array_equal(again.train_images[3], 255)
+        replaced.write_bytes(replaced.read_bytes()[:20])  # cut short: an error, not stale data
+        with pytest.raises(ValueError, match="cannot decode image .*0.png"):
+            load_image_folder(root)
+
+    def test_a_replaced_archive_is_seen(self, tmp_path):
+        import tarfile
+
+        root = _folder(tmp_path / "d")
+        with tarfile.open(tmp_path / "d.tar.gz", "w:gz") as tar:
+            tar.add(root, arcname="d")
+        assert load_image_folder(tmp_path / "d.tar.gz").train_images.shape[0] == 6
+        _folder(root, n=4)
+        with tarfile.open(tmp_path / "d.tar.gz", "w:gz") as tar:
+            tar.add(root, arcname="d")
+        assert load_image_folder(tmp_path / "d.tar.gz").train_images.shape[0] == 8
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_a_cut_archive_is_one_clear_error(tmp_path, cut):
+    """An interrupted download of the documented .tar.gz."""
+    import tarfile
+
+    root = _folder(tmp_path / "d", n=40, size=16)
+    with tarfile.open(tmp_path / "full.tar.gz", "w:gz") as tar:
+        tar.add(root, arcname="d")
+    data = (tmp_path / "full.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[:int(len(data) * cut)])
+    with pytest.raises(ValueError, match="cannot read archive .*damaged or incomplete"):
+        load_image_folder(tmp_path / "cut.tar.gz", use_cache=False)
+
+
+def _arrays(n_train=8, n_test=4, classes=3, size=4):
+    rng = np.random.default_rng(0)
+    return dict(train_images=rng.integers(0, 255, (n_train, size, size, 3), np.uint8),
+                train_labels=rng.integers(0, classes, n_train).astype(np.int32),
+                test_images=rng.integers(0, 255, (n_test, size, size, 3), np.uint8),
+                test_labels=rng.integers(0, classes, n_test).astype(np.int32),
+                class_names=tuple("abc"[:classes]))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(train_labels=np.zeros(7, np.int32)), "train_labels has 7 labels for 8 images"),
+    (dict(test_labels=np.zeros(5, np.int32)), "test_labels has 5 labels for 4 images"),
+    (dict(train_labels=np.full(8, 3, np.int32)), "train_labels holds 3, outside 0..2"),
+    (dict(test_labels=np.full(4, -1, np.int32)), "test_labels holds -1"),
+    (dict(train_images=np.zeros((8, 4, 4, 3), np.float32)), "train_images must be uint8"),
+    (dict(test_images=np.zeros((4, 4, 4, 3))), "test_images must be uint8"),
+    (dict(train_images=np.zeros((8, 4, 4), np.uint8)), r"shape \[N, H, W, C\]"),
+    (dict(test_images=np.zeros((4, 5, 5, 3), np.uint8)), "both splits need one size"),
+    (dict(train_labels=np.zeros(8, np.float32)), "1-D array of integers"),
+    (dict(class_names=()), "class_names is empty"),
+    (dict(train_images=np.zeros((0, 4, 4, 3), np.uint8), train_labels=np.zeros(0, np.int32)),
+     "the train split is empty"),
+])
+def test_image_dataset_refuses_what_does_not_fit(change, match):
+    with pytest.raises(ValueError, match=match):
+        ImageDataset(**{**_arrays(), **change})
+
+
+def test_tfds_errors_name_no_command_line_flag(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_tfds(name, *args, **kwargs):
+        if name == "tensorflow_datasets":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tfds)
+    with pytest.raises(ValueError) as error:
+        data_module.load_tfds("cifar10", tmp_path)
+    assert "--data " not in str(error.value) and "Error)" not in str(error.value)
+    assert "pip install tensorflow-datasets" in str(error.value)

@@ -1,5 +1,6 @@
-"""clr-jax train killed (SIGKILL) or interrupted (SIGINT) and resumed ends where an
-uninterrupted run ends: the same parameter fingerprint."""
+"""clr-jax train killed (SIGKILL), interrupted (SIGINT, Ctrl-C twice) or stopped by a
+batch scheduler (SIGTERM) and resumed ends where an uninterrupted run ends: the same
+parameter fingerprint."""
 
 import json
 import os
@@ -44,17 +45,21 @@ def fingerprint(out: Path) -> str:
     return json.loads((out / "summary.json").read_text())["fingerprint"]
 
 
-def start_and_stop(folder, out, sig):
-    """Starts a run, waits for its first checkpoint, then a random moment, then signals."""
+def start_and_stop(folder, out, sig, *, twice=False):
+    """Starts a run, waits for its first checkpoint, then a random moment, then signals
+    (twice, 30 ms apart, with ``twice``). The run is 3,000 steps, far longer than the
+    wait, so the signal always lands while it trains."""
     process = subprocess.Popen(command(folder, out), env=ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not any((out / "checkpoints").glob("[0-9]*")) and time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
+        assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     time.sleep(random.Random(0).uniform(0.0, 0.3))
     process.send_signal(sig)
+    if twice:
+        time.sleep(0.03)
+        process.send_signal(sig)
     _, err = process.communicate(timeout=120)
     return process.returncode, err
 
@@ -66,23 +71,36 @@ def uninterrupted(folder, tmp_path_factory):
     return fingerprint(out)
 
 
+def resume_matches(folder, out, uninterrupted):
+    subprocess.run(command(folder, out, "--resume"), env=ENV, check=True, capture_output=True)
+    assert fingerprint(out) == uninterrupted
+
+
 def test_sigkill_then_resume(folder, tmp_path, uninterrupted):
     out = tmp_path / "run"
     code, _ = start_and_stop(folder, out, signal.SIGKILL)
-    if code == 0:
-        pytest.skip("the run finished before the kill; nothing to resume")
     assert code == -signal.SIGKILL and not (out / "summary.json").exists()
-    subprocess.run(command(folder, out, "--resume"), env=ENV, check=True, capture_output=True)
-    assert fingerprint(out) == uninterrupted
+    resume_matches(folder, out, uninterrupted)
 
 
-def test_sigint_saves_and_says_how_to_resume(folder, tmp_path, uninterrupted):
+@pytest.mark.parametrize("sig, code, said", [
+    (signal.SIGINT, 130, "interrupted"),
+    (signal.SIGTERM, 143, "stopped by SIGTERM"),
+])
+def test_a_request_to_stop_saves_and_says_how_to_resume(folder, tmp_path, uninterrupted,
+                                                         sig, code, said):
     out = tmp_path / "run"
-    code, err = start_and_stop(folder, out, signal.SIGINT)
-    if code == 0:
-        pytest.skip("the run finished before the interrupt")
-    assert code == 130, err
-    assert "add --resume" in err and "Traceback" not in err
+    returned, err = start_and_stop(folder, out, sig)
+    assert returned == code, err
+    assert f"clr-jax: {said}; a checkpoint was saved: add --resume" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert any((out / "checkpoints").glob("[0-9]*"))
-    subprocess.run(command(folder, out, "--resume"), env=ENV, check=True, capture_output=True)
-    assert fingerprint(out) == uninterrupted
+    resume_matches(folder, out, uninterrupted)
+
+
+def test_ctrl_c_twice_exits_quietly(folder, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    returned, err = start_and_stop(folder, out, signal.SIGINT, twice=True)
+    assert returned == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    resume_matches(folder, out, uninterrupted)

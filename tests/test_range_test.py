@@ -253,10 +253,29 @@ class TestParallel:
     (dict(min_lr=0.01, max_lr=0.1, num_steps=10, smoothing=1.0), r"smoothing must be in \[0, 1\)"),
     (dict(min_lr=0.01, max_lr=0.1, num_steps=10, diverge_threshold=1.0), "diverge_threshold"),
     (dict(min_lr=0.01, max_lr=0.1, num_steps=10, optimizer=lambda lr: lr), "optimizer must map"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, optimizer=optax.sgd(0.1)),
+     "not a built transformation"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, optimizer="sgd"), "function of the learning"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, eval_every=5, eval_fn=lambda p: 0.5),
+     "eval_fn must return a dict of scalar metrics"),
+    (dict(min_lr=0.01, max_lr=0.1, num_steps=10, eval_every=5,
+          eval_fn=lambda p: {"accuracy": p}), "metric 'accuracy' must be a scalar, got shape"),
 ])
 def test_range_test_bad_arguments(batches, kwargs, match):
     with pytest.raises(ValueError, match=match):
         clr_jax.range_test(loss_fn, jnp.zeros(5), batches, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(optimizer=optax.adam(0.1)), "not a built transformation"),
+    (dict(eval_fn=lambda p: jnp.sum(p)), "got a single value"),
+    (dict(eval_fn=lambda p: {"w": p}), "metric 'w' must be a scalar"),
+    (dict(eval_fn=lambda p: {"n": float(np.sum(p))}), "must be a JAX function"),
+])
+def test_parallel_range_test_bad_arguments(batches, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        clr_jax.parallel_range_test(loss_fn, jnp.zeros(5), batches, learning_rates=[0.1],
+                                    num_steps=4, **kwargs)
 
 
 def test_batches_run_out(batches):

@@ -128,9 +128,24 @@ class TestTraining:
         config = TrainConfig(num_steps=40, eval_every=10, log_every=10, checkpoint_every=10,
                              **{**MLP_CONFIG, "preprocess": "caffe"})
         schedule = lambda t: jnp.where(t < 15, 1e-4, jnp.inf)  # noqa: E731 - a broken rate
-        with pytest.raises(TrainingError, match=r"loss became nan at step 1[5-9] \(learning rate inf\)"):
+        with pytest.raises(TrainingError, match=r"loss became nan at step 1[5-9] \(learning "
+                           r"rate inf\).* overwrite=True; the checkpoint of step 10 is kept"):
             train(config, tiny_dataset(), tmp_path / "nan", schedule=schedule, progress=False)
         assert (tmp_path / "nan" / "checkpoints" / "10").exists()
+        without = TrainConfig(**{**config.__dict__, "checkpoint_every": None})
+        with pytest.raises(TrainingError) as error:
+            train(without, tiny_dataset(), tmp_path / "nan2", schedule=schedule, progress=False)
+        assert "kept" not in str(error.value)
+
+    def test_resume_needs_something_to_resume_and_leaves_a_finished_run_alone(self, tmp_path):
+        config = TrainConfig(num_steps=10, eval_every=10, log_every=5, checkpoint_every=5,
+                             schedule={"policy": "fixed", "base_lr": 0.01}, **MLP_CONFIG)
+        with pytest.raises(ValueError, match="nothing to resume in .*no checkpoint"):
+            train(config, tiny_dataset(), tmp_path / "new", resume=True, progress=False)
+        assert not (tmp_path / "new" / "config.json").exists()
+        done = train(config, tiny_dataset(), tmp_path / "run", progress=False)
+        again = train(config, tiny_dataset(), tmp_path / "run", resume=True, progress=False)
+        assert again["finished_before"] and again["fingerprint"] == done["fingerprint"]
 
     def test_sharded_equals_single_device(self, tmp_path):
         """4 fake CPU devices (conftest) split each batch; results match one device."""

@@ -8,7 +8,8 @@ An image folder has the layout that ``tfds.folder_dataset.ImageFolder`` reads::
 
 It is read here with Pillow rather than through tensorflow-datasets, so that the
 harness does not need TensorFlow. Decoding tens of thousands of JPEGs takes a while, so
-the decoded arrays are cached as an ``.npz`` and reused.
+the decoded arrays are cached as an ``.npz`` and reused while no file in the folder (or
+the archive) has changed its name, size or modification time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import io
 import os
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +31,58 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
-    """A split image data set, as uint8 NHWC images and int32 labels."""
+    """A split image data set, as uint8 NHWC images and int32 labels, checked when made.
+
+    Attributes:
+      train_images: uint8 array [N, H, W, C].
+      train_labels: N integer labels in 0 .. num_classes - 1.
+      test_images: uint8 array [M, H, W, C], the same H, W, C.
+      test_labels: M integer labels in 0 .. num_classes - 1.
+      class_names: one name per class.
+
+    Raises:
+      ValueError: naming the array that is wrong (dtype, shape, length, label range).
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
     class_names: tuple[str, ...]
+
+    def __post_init__(self):
+        names = tuple(str(n) for n in self.class_names)
+        if not names:
+            raise ValueError("class_names is empty; give one name per class.")
+        object.__setattr__(self, "class_names", names)
+        for split in ("train", "test"):
+            images = np.asarray(getattr(self, f"{split}_images"))
+            labels = np.asarray(getattr(self, f"{split}_labels"))
+            if images.dtype != np.uint8:
+                raise ValueError(
+                    f"{split}_images must be uint8 pixels (0-255), got {images.dtype}; "
+                    "convert with np.clip(x, 0, 255).astype(np.uint8) (scale [0, 1] floats "
+                    "by 255 first).")
+            if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+                raise ValueError(f"{split}_images must have shape [N, H, W, C] with C = 1, 3 "
+                                 f"or 4, got {images.shape}.")
+            if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"{split}_labels must be a 1-D array of integers, got "
+                                 f"{labels.dtype} of shape {labels.shape}.")
+            if len(labels) != len(images):
+                raise ValueError(f"{split}_labels has {len(labels)} labels for "
+                                 f"{len(images)} images; give one label per image.")
+            if len(labels) == 0:
+                raise ValueError(f"the {split} split is empty; give at least one image.")
+            if labels.min() < 0 or labels.max() >= len(names):
+                bad = labels[(labels < 0) | (labels >= len(names))][0]
+                raise ValueError(f"{split}_labels holds {bad}, outside 0..{len(names) - 1} "
+                                 f"(there are {len(names)} class names).")
+            object.__setattr__(self, f"{split}_images", images)
+            object.__setattr__(self, f"{split}_labels", labels.astype(np.int32, copy=False))
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise ValueError(f"test images are {self.test_images.shape[1:]} but train images "
+                             f"{self.train_images.shape[1:]}; both splits need one size.")
 
     @property
     def num_classes(self) -> int:
@@ -80,18 +127,33 @@ def _members(source: Path):
                 yield parts[-3] if len(parts) >= 3 else "", parts[-2], str(path), path.read_bytes()
         return
     try:
-        archive = tarfile.open(source, "r:*")
-    except (tarfile.TarError, OSError) as error:
-        reason = str(error).splitlines()[0].rstrip(":")
-        raise ValueError(f"cannot read archive {source}: {reason} (not a tar archive, or "
-                         "a damaged one)") from None
-    with archive:
-        members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
-        for member in members:
-            parts = Path(member.name).parts
-            if Path(member.name).suffix.lower() not in _IMAGE_SUFFIXES or len(parts) < 3:
-                continue
-            yield parts[-3], parts[-2], member.name, archive.extractfile(member).read()
+        with tarfile.open(source, "r:*") as archive:
+            members = sorted((m for m in archive.getmembers() if m.isfile()),
+                             key=lambda m: m.name)
+            for member in members:
+                parts = Path(member.name).parts
+                if Path(member.name).suffix.lower() not in _IMAGE_SUFFIXES or len(parts) < 3:
+                    continue
+                yield parts[-3], parts[-2], member.name, archive.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0].rstrip(":")
+        raise ValueError(f"cannot read archive {source}: {reason or type(error).__name__} "
+                         "(not a tar archive, or a damaged or incomplete one: download or "
+                         "copy it again)") from None
+
+
+def _source_key(source: Path) -> str:
+    """What the cached arrays of ``source`` depend on: its path and, for every file in it
+    (a folder) or of it (an archive), the name, size and modification time; an image
+    added, removed, replaced or cut short gives another key."""
+    key = hashlib.sha256(str(source.resolve()).encode())
+    files = sorted(source.rglob("*")) if source.is_dir() else [source]
+    for path in files:
+        if path.is_file():
+            stat = path.stat()
+            key.update(f"|{path.relative_to(source) if source.is_dir() else ''}"
+                       f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return key.hexdigest()[:16]
 
 
 def load_image_folder(source: str | os.PathLike, *, use_cache: bool = True) -> ImageDataset:
@@ -115,9 +177,7 @@ def load_image_folder(source: str | os.PathLike, *, use_cache: bool = True) -> I
             f"data not found: {source} does not exist; pass the folder or .tar.gz "
             "holding train/<class>/*.jpg and test/<class>/*.jpg."
         )
-    stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    cached = cache_dir() / f"{source.name}.{key.hexdigest()[:16]}.npz"
+    cached = cache_dir() / f"{source.name}.{_source_key(source)}.npz"
     if use_cache and cached.exists():
         with np.load(cached) as data:
             return ImageDataset(data["train_images"], data["train_labels"],

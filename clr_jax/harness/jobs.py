@@ -15,6 +15,7 @@ import optax
 import clr_jax
 from clr_jax import plotting
 from clr_jax._io import write_json
+from clr_jax.harness import distributed
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.rundir import RunDir, read_metrics
 from clr_jax.harness.train import Trainer, TrainConfig, make_eval_step, train
@@ -92,9 +93,13 @@ def run_range_test(
     report = {"result": result.to_dict(), "bounds": [x.to_dict() for x in bounds],
               "seconds": seconds, "config": dataclasses.asdict(config),
               "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
-    write_json(out / "range_test.json", report)
-    plotting.save_figure(plotting.plot_range_test(result, bounds, title="LR range test"),
-                         out / "range_test.png")
+
+    def write():
+        write_json(out / "range_test.json", report)
+        plotting.save_figure(plotting.plot_range_test(result, bounds, title="LR range test"),
+                             out / "range_test.png")
+
+    distributed.on_primary(write, "write the range test's report")
     return result, bounds
 
 

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import jax
 import numpy as np
 
 from clr_jax._io import atomic_write, write_json
+from clr_jax.harness import distributed
 
-__all__ = ["RunDir", "Steppable", "TensorBoardWriter", "interrupts_deferred", "read_metrics",
-           "run_loop"]
+__all__ = ["RunDir", "Steppable", "TensorBoardWriter", "Terminated", "interrupts_deferred",
+           "read_metrics", "run_loop"]
 
 RESULT_FILES = ("summary.json", "metrics.jsonl", "config.json", "checkpoints", "tensorboard")
 
@@ -35,23 +37,75 @@ def read_metrics(path: str | os.PathLike, up_to_step: int | None = None) -> list
     return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
 
 
+class Terminated(KeyboardInterrupt):
+    """The run was asked to stop by SIGTERM (what batch schedulers such as Slurm and
+    Kubernetes send before they kill a job); handled like Ctrl-C: the state is saved."""
+
+
+_STOP_SIGNALS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
+
+
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Holds Ctrl-C back while a checkpoint is written, then delivers it: a save is
-    never cut in half by the user (a kill still can be; Orbax then keeps the previous
-    checkpoint, since a save becomes visible only when it is complete)."""
-    received = []
+    """Holds Ctrl-C and SIGTERM back while a checkpoint is written, then delivers them: a
+    save is never cut in half by a request to stop (a kill still can cut it; Orbax then
+    keeps the previous checkpoint, since a save becomes visible only when complete)."""
+    if jax.process_count() > 1:  # the signals only set a flag there (see run_loop)
+        yield
+        return
+    received: list[int] = []
     try:
-        previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+        previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum))
+                    for sig in _STOP_SIGNALS}
     except ValueError:  # not the main thread: signals cannot be handled here
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if received:
-        raise KeyboardInterrupt
+        raise _STOP_SIGNALS[received[0]]()
+
+
+@contextlib.contextmanager
+def _stop_requests(several: bool) -> Iterator[list[int]]:
+    """How a request to stop reaches the loop. One process: SIGTERM raises `Terminated`
+    in the main thread (SIGINT already raises KeyboardInterrupt), so the loop saves the
+    last finished chunk and stops as for Ctrl-C. Several processes: both signals only
+    note the request (yielded list), and the processes agree after each chunk (see
+    `_any_process`), so that all of them save the same step together."""
+    received: list[int] = []
+
+    def stop(signum, frame):
+        if several:
+            received.append(signum)
+        else:
+            raise Terminated()
+
+    signals = (signal.SIGINT, signal.SIGTERM) if several else (signal.SIGTERM,)
+    try:
+        previous = {sig: signal.signal(sig, stop) for sig in signals}
+    except ValueError:  # not the main thread
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _any_process(received: list[int]) -> int | None:
+    """The stop signal any process has received (the lowest number), else None: a
+    collective, so every process learns the same answer after the same chunk."""
+    from jax.experimental import multihost_utils
+
+    mine = min(received) if received else 0
+    every = np.asarray(multihost_utils.process_allgather(np.int32(mine)))
+    asked = every[every > 0]
+    return int(asked.min()) if asked.size else None
 
 
 def _differences(saved: Mapping[str, Any], record: Mapping[str, Any]) -> list[str]:
@@ -94,7 +148,11 @@ class RunDir:
                 f"{self.path} already holds results; pass resume=True to continue that run "
                 "or overwrite=True to replace it (or choose another folder)."
             )
-        if overwrite and not resume and self.path.exists():
+        self._manager = None
+        distributed.on_primary(lambda: self._prepare(overwrite), f"prepare {self.path}")
+
+    def _prepare(self, overwrite: bool) -> None:
+        if overwrite and not self.resume and self.path.exists():
             for name in RESULT_FILES:
                 target = self.path / name
                 if target.is_dir():
@@ -108,7 +166,6 @@ class RunDir:
             probe.unlink()
         except OSError as error:
             raise ValueError(f"cannot write to {self.path}: {error.strerror or error}") from None
-        self._manager = None
 
     @property
     def metrics_path(self) -> Path:
@@ -124,16 +181,36 @@ class RunDir:
         """
         record = json.loads(json.dumps(record))
         config_path = self.path / "config.json"
-        if self.resume and config_path.exists():
-            changed = _differences(json.loads(config_path.read_text()), record)
+        saved = json.loads(config_path.read_text()) if config_path.exists() else None
+        if self.resume and saved is not None:
+            changed = _differences(saved, record)
             if changed:
                 raise ValueError(
                     f"resuming {self.path} with settings that differ from the saved run: "
                     f"{', '.join(changed)}; resume with the same settings, or pass "
                     "overwrite=True to start again."
                 )
-        write_json(config_path, record)
+        if saved != record:
+            distributed.on_primary(lambda: write_json(config_path, record), "write config.json")
         return record
+
+    def finished(self, summary: str = "summary.json") -> dict | None:
+        """The saved summary of a run that has finished, or None."""
+        path = self.path / summary
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def check_resumable(self) -> None:
+        """On resume, something must be there to resume from.
+
+        Raises:
+          ValueError: when the folder holds no checkpoint.
+        """
+        if self.resume and self.latest_step() is None:
+            raise ValueError(
+                f"nothing to resume in {self.path}: it holds no checkpoint (the run never "
+                "started, or stopped before its first one); start it without resume=True"
+                + (", with overwrite=True to replace what is there." if self.path.exists()
+                   and any(self.path.iterdir()) else "."))
 
     def read_metrics(self, up_to_step: int | None = None) -> list[dict]:
         return read_metrics(self.metrics_path, up_to_step)
@@ -141,8 +218,12 @@ class RunDir:
     def truncate_metrics(self, step: int) -> list[dict]:
         """Drops rows after ``step`` (written after the checkpoint a run resumes from)."""
         rows = self.read_metrics(step)
-        with atomic_write(self.metrics_path) as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+
+        def write():
+            with atomic_write(self.metrics_path) as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+
+        distributed.on_primary(write, "rewrite metrics.jsonl")
         return rows
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -269,17 +350,20 @@ def run_loop(
             state = trainer.place(run_dir.restore(step, state))
     run_dir.truncate_metrics(step)
     # Rows after the checkpoint that an interrupted session wrote are written again.
+    primary = distributed.is_primary()
     board = (TensorBoardWriter(run_dir.path / "tensorboard", names=member_names,
-                               purge_step=step + 1) if tensorboard else None)
+                               purge_step=step + 1) if tensorboard and primary else None)
 
     bar = None
-    if progress:
+    if progress and primary:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=step, unit="step", desc=desc, dynamic_ncols=True)
     started, steps_run = time.perf_counter(), 0
+    several = jax.process_count() > 1
     try:
-        with open(run_dir.metrics_path, "a") as metrics_file:
+        with open(run_dir.metrics_path if primary else os.devnull, "a") as metrics_file, \
+                _stop_requests(several) as received:
             while step < num_steps:
                 length = min(trainer.chunk, num_steps - step)
                 new_state, losses = trainer.run_steps(state, step, length)
@@ -296,6 +380,10 @@ def run_loop(
                         on_log(row)
                 if checkpoint_every and (step % checkpoint_every == 0 or step == num_steps):
                     run_dir.save(step, state)
+                if several and (asked := _any_process(received)) is not None:
+                    if run_dir.latest_step() != step:
+                        run_dir.save(step, state)
+                    raise _STOP_SIGNALS[asked]()  # every process stops after this chunk
                 if bar is not None:
                     bar.update(length)
                     bar.set_postfix(**postfix(row))

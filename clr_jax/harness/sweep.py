@@ -37,6 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from clr_jax import _backend, plotting
 from clr_jax import _validation as v
 from clr_jax._io import write_json
+from clr_jax.harness import distributed
 from clr_jax.harness import kernels as kernel_choice
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.device_data import DeviceData
@@ -224,12 +225,13 @@ class SweepTrainer:
             new_states.append(state)
             losses.append(jnp.concatenate(parts, axis=1))
         k = len(self.members)
-        return new_states, np.concatenate([np.asarray(x) for x in losses]).T[:, :k]
+        return new_states, np.concatenate([distributed.to_numpy(x) for x in losses]).T[:, :k]
 
     def evaluate(self, states) -> dict[str, list[float]]:
         results = [self._evaluate(s["params"], s["rest"]) for s in states]
         k = len(self.members)
-        return {name: [float(x) for x in np.concatenate([np.asarray(r[name]) for r in results])[:k]]
+        return {name: [float(x) for x in np.concatenate(
+                    [distributed.to_numpy(r[name]) for r in results])[:k]]
                 for name in results[0]}
 
 
@@ -287,7 +289,10 @@ def sweep(
     """
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}.")
+    config.validate(dataset)  # before the folder is touched
     run_dir = RunDir(out, resume=resume, overwrite=overwrite)
+    if resume and run_dir.finished("sweep.json") is None:
+        run_dir.check_resumable()  # before anything is written
     trainer = SweepTrainer(config, dataset, members, members_per_chunk=members_per_chunk,
                            member_devices=member_devices)
     diverged: dict[int, int] = {}
@@ -318,6 +323,8 @@ def sweep(
         "members": [dataclasses.asdict(m) for m in members],
         "members_per_chunk": trainer.members_per_chunk,
         "member_devices": trainer.member_devices, **(describe or {})})
+    if resume and (finished := run_dir.finished("sweep.json")) is not None:
+        return {**finished, "finished_before": True}  # nothing to do, nothing rewritten
     state, step, steps_run, seconds = run_loop(
         trainer, run_dir, num_steps=config.num_steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, make_row=make_row, postfix=postfix,
@@ -337,8 +344,12 @@ def sweep(
         "kernels": kernel_choice.resolve(config.kernels),
         **{k: val for k, val in record.items() if k != "members"},
     }
-    write_json(run_dir.path / "sweep.json", summary)
-    write_report(summary, run_dir.path, schedule=trainer.schedule_values)
+
+    def write():
+        write_json(run_dir.path / "sweep.json", summary)
+        write_report(summary, run_dir.path, schedule=trainer.schedule_values)
+
+    distributed.on_primary(write, "write the sweep's report")
     return summary
 
 

@@ -31,6 +31,7 @@ from flax import nnx
 from clr_jax import _backend
 from clr_jax import _validation as v
 from clr_jax._io import write_json
+from clr_jax.harness import distributed
 from clr_jax.harness import kernels as kernel_choice
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.device_data import PREPROCESS, DeviceData
@@ -112,10 +113,23 @@ class TrainConfig:
 
     def validate(self, dataset: ImageDataset | None = None) -> None:
         """Raises ValueError naming the first bad setting."""
+        from clr_jax.harness.models import MODELS
+        from clr_jax.harness.optim import OPTIMIZERS
+
+        v.choice("model", self.model, tuple(MODELS))
+        v.choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("batch_size", "num_steps", "eval_every", "log_every", "eval_batch_size"):
             v.positive_int(name, getattr(self, name))
         if self.checkpoint_every is not None:
             v.positive_int("checkpoint_every", self.checkpoint_every)
+        v.check("momentum", self.momentum, lambda m: (m >= 0) & (m < 1), "in [0, 1)")
+        v.finite_nonnegative("weight_decay", self.weight_decay)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
+                or not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be an integer from 0 to 2**31 - 1, got {self.seed!r}.")
+        for name in ("caffe_multipliers", "augment", "shuffle"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         v.choice("preprocess", self.preprocess, PREPROCESS)
         kernel_choice.resolve(self.kernels)
         if dataset is not None and self.batch_size > len(dataset.train_labels):
@@ -391,26 +405,40 @@ def train(
 
     Returns:
       The summary: final and best test accuracy, steps, wall time, images per second,
-      device, kernels, and ``fingerprint`` (sha256 of the final parameters).
+      device, kernels, and ``fingerprint`` (sha256 of the final parameters). Resuming a
+      run that has finished changes nothing and returns its saved summary, with
+      ``"finished_before": True``.
 
     Raises:
-      ValueError: on bad settings, an unusable ``out``, or a resume whose settings
-        differ from the saved run's.
+      ValueError: on bad settings, an unusable ``out``, a resume whose settings differ
+        from the saved run's, or a resume with no checkpoint to resume from.
       TrainingError: when the loss stops being finite (the last checkpoint is kept).
-      KeyboardInterrupt: after saving a checkpoint, when interrupted.
+      KeyboardInterrupt: after saving a checkpoint, when interrupted by Ctrl-C, or
+        `clr_jax.harness.rundir.Terminated` (a subclass) by SIGTERM.
     """
     if schedule is not None and config.schedule:
         raise ValueError("give the schedule once: TrainConfig.schedule or schedule=, not both.")
+    config.validate(dataset)  # before the folder is touched
     run_dir = RunDir(out, resume=resume, overwrite=overwrite)
+    if resume and run_dir.finished() is None:
+        run_dir.check_resumable()  # before anything is written
     trainer = Trainer(config, dataset, schedule)
+    record = run_dir.check_record({
+        "config": dataclasses.asdict(config),
+        "schedule_sha256": schedule_digest(trainer.schedule, config.num_steps),
+        **(describe or {})})
+    if resume and (finished := run_dir.finished()) is not None:
+        return {**finished, "finished_before": True}  # nothing to do, nothing rewritten
 
     def make_row(step, length, losses, state):
         if not np.isfinite(losses).all():
             bad = step - length + int(np.flatnonzero(~np.isfinite(losses))[0])
+            kept = run_dir.latest_step()
             raise TrainingError(
                 f"the loss became {losses[bad - step + length]} at step {bad} (learning "
-                f"rate {trainer.learning_rate(bad):.4g}); the last checkpoint is kept. Lower "
-                "the learning rate (run a range test) and train again."
+                f"rate {trainer.learning_rate(bad):.4g}). Lower the learning rate (a range "
+                "test shows where training diverges) and train again with overwrite=True"
+                + (f"; the checkpoint of step {kept} is kept." if kept is not None else ".")
             )
         row = {"step": step, "lr": trainer.learning_rate(step - 1), "loss": float(losses.mean())}
         if step % config.eval_every == 0 or step == config.num_steps:
@@ -421,10 +449,6 @@ def train(
         return {"loss": f"{row['loss']:.3f}", "lr": f"{row['lr']:.3g}",
                 **({"acc": f"{row['test_accuracy']:.3f}"} if "test_accuracy" in row else {})}
 
-    record = run_dir.check_record({
-        "config": dataclasses.asdict(config),
-        "schedule_sha256": schedule_digest(trainer.schedule, config.num_steps),
-        **(describe or {})})
     state, step, steps_run, seconds = run_loop(
         trainer, run_dir, num_steps=config.num_steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, make_row=make_row, postfix=postfix,
@@ -445,5 +469,6 @@ def train(
         "fingerprint": fingerprint(state["params"]),
         **record,
     }
-    write_json(run_dir.path / "summary.json", summary)
+    distributed.on_primary(lambda: write_json(run_dir.path / "summary.json", summary),
+                           "write summary.json")
     return summary
