@@ -23,18 +23,20 @@ def on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def has_convolution(jaxpr) -> bool:
+    """Whether a (closed) jaxpr, or one nested in it, contains a convolution."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            return True
+        if any(has_convolution(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
+            return True
+    return False
+
+
 def uses_convolution(fn: Callable, *args) -> bool:
     """Whether ``jax.grad`` of ``fn`` at these arguments contains a convolution."""
-
-    def walk(jaxpr) -> bool:
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                return True
-            if any(walk(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
-                return True
-        return False
-
-    return walk(jax.make_jaxpr(jax.grad(fn))(*args).jaxpr)
+    return has_convolution(jax.make_jaxpr(jax.grad(fn))(*args))
 
 
 def group_size(chunk: int, convolutional: bool) -> tuple[int, bool]:

@@ -135,6 +135,16 @@ class ParallelRangeTestResult(_JsonResult):
         return ~np.isfinite(self.final_losses) | grew
 
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParallelRangeTestResult:
+        """The inverse of `to_dict`."""
+        data = dict(data)
+        for key in ("learning_rates", "seeds", "losses", "final_losses"):
+            data[key] = float_array(data[key])
+        data["seeds"] = data["seeds"].astype(np.int64)
+        data["eval_metrics"] = {k: float_array(x) for k, x in data["eval_metrics"].items()}
+        return cls(**data)
+
     def sorted_by_rate(self) -> ParallelRangeTestResult:
         """The same result with the rates (and every per-rate array) in rising order."""
         order = np.argsort(self.learning_rates)
@@ -155,17 +165,37 @@ class _Carry(NamedTuple):
     step: jax.Array  # updates applied
 
 
+class _Settings(NamedTuple):
+    """The range test's numbers, passed to the compiled steps as arrays so that one
+    compiled program serves every ramp, smoothing and threshold."""
+
+    min_lr: jax.Array
+    max_lr: jax.Array
+    span: jax.Array  # num_steps - 1: the ramp reaches max_lr there
+    beta: jax.Array
+    threshold: jax.Array
+    num_steps: jax.Array
+    key: jax.Array
+
+    @classmethod
+    def of(cls, min_lr, max_lr, num_steps, smoothing=0.98, diverge_threshold=4.0, seed=0):
+        f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+        return cls(f32(min_lr), f32(max_lr), f32(max(num_steps - 1, 1)), f32(smoothing),
+                   f32(diverge_threshold), jnp.int32(num_steps), jax.random.key(seed))
+
+
+def _ramp_value(step, settings: _Settings, mode: str) -> jax.Array:
+    frac = jnp.clip(jnp.asarray(step).astype(jnp.float32) / settings.span, 0, 1)
+    lo, hi = settings.min_lr, settings.max_lr
+    if mode == "exponential":
+        return lo * (hi / lo) ** frac
+    return lo + (hi - lo) * frac
+
+
 def ramp(min_lr: float, max_lr: float, num_steps: int, mode: str = "linear") -> optax.Schedule:
     """The range test's rate: ``min_lr`` at step 0 to ``max_lr`` at step num_steps - 1."""
-    span = max(num_steps - 1, 1)
-
-    def schedule(step):
-        frac = jnp.clip(jnp.asarray(step, jnp.float32) / span, 0, 1)
-        if mode == "exponential":
-            return min_lr * (max_lr / min_lr) ** frac
-        return min_lr + (max_lr - min_lr) * frac
-
-    return schedule
+    settings = _Settings.of(min_lr, max_lr, num_steps)
+    return lambda step: _ramp_value(step, settings, mode)
 
 
 def _takes_key(loss_fn: Callable) -> bool:
@@ -253,6 +283,129 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", leave=False)
 
 
+class _Runner:
+    """The compiled steps of range tests of one loss function and optimizer: built once
+    and kept (the last few), so that a second test of the same model, with any ramp,
+    smoothing or threshold and batches of the same shapes, reuses the compiled program
+    instead of tracing and compiling again."""
+
+    _cache: dict[tuple, _Runner] = {}
+    _size = 8
+
+    @classmethod
+    def get(cls, loss_fn, optimizer, mode, takes_key, compiler_options) -> _Runner:
+        key = (loss_fn, optimizer, mode, takes_key,
+               tuple(sorted((compiler_options or {}).items())))
+        try:
+            runner = cls._cache.pop(key)
+        except (KeyError, TypeError):  # TypeError: an unhashable option value
+            runner = cls(loss_fn, optimizer, mode, takes_key, compiler_options)
+        if len(cls._cache) >= cls._size:
+            cls._cache.pop(next(iter(cls._cache)))
+        cls._cache[key] = runner
+        return runner
+
+    def __init__(self, loss_fn, optimizer, mode, takes_key, compiler_options):
+        self.loss_fn, self.optimizer, self.mode, self.takes_key = \
+            loss_fn, optimizer, mode, takes_key
+        self._programs: dict = {}  # the first chunk's compiled loop, per input shapes
+        jit = functools.partial(jax.jit, compiler_options=compiler_options)
+        self.init = jit(self._init)
+        self._while = jit(self._run_while, static_argnums=5)
+        # the first chunk starts from the parameters: one program, one compilation
+        self._start = jit(lambda params, *args: self._run_while(
+            self._init(params, args[3]), *args), static_argnums=5)
+        self._unrolled = jit(self._run_unrolled, static_argnums=5)
+
+    def tx(self, settings: _Settings) -> optax.GradientTransformation:
+        return self.optimizer(lambda count: _ramp_value(count, settings, self.mode))
+
+    def loss_at(self, params, batch, t, settings: _Settings):
+        if self.takes_key:
+            return self.loss_fn(params, batch, key=jax.random.fold_in(settings.key, t))
+        return self.loss_fn(params, batch)
+
+    def start(self, params, batches, offset, count, settings, chunk):
+        """The first chunk, from the parameters, in one compiled loop: the carry and the
+        step outputs; or None when the program holds a convolution and runs on CPU,
+        where the steps must be unrolled instead (`clr_jax._backend.group_size`). The
+        program is traced once per input shapes: its jaxpr answers that question too."""
+        signature = jax.tree.map(lambda x: (np.shape(x), str(getattr(x, "dtype", type(x)))),
+                                 (params, batches, settings))
+        leaves, tree = jax.tree.flatten(signature)
+        key = (tuple(leaves), str(tree), chunk)
+        if key not in self._programs:
+            traced = self._start.trace(params, batches, offset, count, settings, chunk)
+            convolutional = _backend.on_cpu() and _backend.has_convolution(traced.jaxpr)
+            self._programs[key] = None if convolutional else traced.lower().compile()
+        program = self._programs[key]
+        return None if program is None else program(params, batches, offset, count, settings)
+
+    def _init(self, params, settings):
+        return _Carry(params, self.tx(settings).init(params), jnp.float32(0.0),
+                      jnp.float32(jnp.inf), jnp.bool_(False), jnp.int32(0))
+
+    def _step(self, carry: _Carry, batch, settings: _Settings):
+        p, opt_state, avg, best, stopped, t = carry
+        beta = settings.beta
+        loss, grads = jax.value_and_grad(self.loss_at)(p, batch, t, settings)
+        loss = jnp.asarray(loss, jnp.float32)
+        updates, new_state = self.tx(settings).update(grads, opt_state, p)
+        new_p = optax.apply_updates(p, updates)
+        new_avg = beta * avg + (1 - beta) * loss
+        smoothed = new_avg / (1 - beta ** (t + 1).astype(jnp.float32))
+        diverged = (t > 0) & (smoothed > settings.threshold * best)
+        reason = jnp.where(~jnp.isfinite(loss), 2, jnp.where(diverged, 1, 0))
+        new_best = jnp.where(t == 0, smoothed, jnp.minimum(best, smoothed))
+        active = ~stopped
+        out = _Carry(new_p, new_state, jnp.where(active, new_avg, avg),
+                     jnp.where(active, new_best, best),
+                     stopped | (reason > 0) | (t + 1 >= settings.num_steps),
+                     jnp.where(active, t + 1, t))
+        nan = jnp.float32(jnp.nan)
+        return out, (jnp.where(active, loss, nan), jnp.where(active, smoothed, nan),
+                     jnp.where(active, reason, -1), _ramp_value(t, settings, self.mode))
+
+    @staticmethod
+    def _batch(batches, t, offset, count):
+        return jax.tree.map(lambda x: x[(t - offset) % count], batches)
+
+    def _run_while(self, carry, batches, offset, count, settings, length):
+        """Up to ``length`` steps in one while loop that ends at the stop."""
+        outs = (jnp.full(length, jnp.nan, jnp.float32), jnp.full(length, jnp.nan, jnp.float32),
+                jnp.full(length, -1, jnp.int32), jnp.zeros(length, jnp.float32))
+
+        def more(state):
+            c, _, i = state
+            return (i < length) & ~c.stopped
+
+        def body(state):
+            c, outs, i = state
+            c, values = self._step(c, self._batch(batches, c.step, offset, count), settings)
+            return c, tuple(o.at[i].set(x) for o, x in zip(outs, values)), i + 1
+
+        carry, outs, _ = jax.lax.while_loop(more, body, (carry, outs, jnp.int32(0)))
+        return carry, outs
+
+    def _run_unrolled(self, carry, batches, offset, count, settings, group):
+        """``group`` steps unrolled; steps after a stop run but are not recorded (no
+        lax.cond, which XLA's CPU backend runs slowly around convolutions)."""
+        def body(c, _):
+            return self._step(c, self._batch(batches, c.step, offset, count), settings)
+
+        return jax.lax.scan(body, carry, None, length=group, unroll=True)
+
+    def run_chunk(self, carry, batches, offset, count, settings, chunk, group, unroll):
+        """``chunk`` steps (fewer after a stop): the carry and the step outputs."""
+        if not unroll:
+            return self._while(carry, batches, offset, count, settings, chunk)
+        outputs = []
+        for _ in range(0, chunk, group):
+            carry, out = self._unrolled(carry, batches, offset, count, settings, group)
+            outputs.append(out)
+        return carry, tuple(jnp.concatenate(x) for x in zip(*outputs))
+
+
 def range_test(
     loss_fn: Callable[..., jax.Array],
     params: Any,
@@ -282,7 +435,10 @@ def range_test(
     not applied). Losses are assumed positive, as cross-entropy and squared errors are.
 
     The caller's ``params`` are not modified. Steps between evaluations run in one
-    compiled ``lax.scan``; with array ``batches`` there is no host round trip per step.
+    compiled loop that ends at the stop; with array ``batches`` there is no host round
+    trip per step. The compiled program is kept: a second test with the same
+    ``loss_fn`` and ``optimizer`` objects and batches of the same shapes (any rates,
+    lengths, smoothing or threshold) does not trace or compile again.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``; if it takes a ``key`` argument it
@@ -343,89 +499,31 @@ def range_test(
         raise ValueError(f"loss_fn must be callable, got {loss_fn!r}.")
 
     _check_optimizer(optimizer)
-    schedule = ramp(float(min_lr), float(max_lr), num_steps, mode)
-    tx = optimizer(schedule)
+    tx = optimizer(ramp(float(min_lr), float(max_lr), num_steps, mode))
     if not isinstance(tx, optax.GradientTransformation):
         raise ValueError(
             "optimizer must map a learning rate to an optax.GradientTransformation, e.g. "
             f"optax.sgd or lambda lr: optax.adam(lr); got {tx!r} from {optimizer!r}."
         )
-    chunk = eval_every if eval_every is not None else max(1, math.ceil(num_steps / 20))
+    if eval_every is not None:
+        chunk = eval_every
+    else:  # one compiled call for the whole test, or 20 to show progress
+        chunk = max(1, math.ceil(num_steps / 20)) if progress else num_steps
     num_batches = _leading_length(batches)
     if num_batches == 0:
         raise ValueError("batches has 0 entries on its leading step axis.")
     takes_key = _takes_key(loss_fn)
-    base_key = jax.random.key(seed)
-    beta = float(smoothing)
-
-    def loss_at(p, batch, t):
-        if takes_key:
-            return loss_fn(p, batch, key=jax.random.fold_in(base_key, t))
-        return loss_fn(p, batch)
-
-    def step(carry, batch):
-        # No lax.cond and no select over the parameters: after a stop the remaining
-        # steps of the chunk still run (at most one chunk is wasted) but are not
-        # recorded, which keeps the common, non-diverging path as cheap as plain
-        # training. Parameters after a non-finite step are never evaluated.
-        p, opt_state, avg, best, stopped, t = carry  # a _Carry
-        loss, grads = jax.value_and_grad(loss_at)(p, batch, t)
-        loss = jnp.asarray(loss, jnp.float32)
-        updates, new_state = tx.update(grads, opt_state, p)
-        new_p = optax.apply_updates(p, updates)
-        new_avg = beta * avg + (1 - beta) * loss
-        smoothed = new_avg / (1 - jnp.float32(beta) ** (t + 1).astype(jnp.float32))
-        diverged = (t > 0) & (smoothed > diverge_threshold * best)
-        reason = jnp.where(~jnp.isfinite(loss), 2, jnp.where(diverged, 1, 0))
-        new_best = jnp.where(t == 0, smoothed, jnp.minimum(best, smoothed))
-        active = ~stopped
-        out = _Carry(new_p, new_state, jnp.where(active, new_avg, avg),
-                     jnp.where(active, new_best, best),
-                     stopped | (reason > 0) | (t + 1 >= num_steps), jnp.where(active, t + 1, t))
-        nan = jnp.float32(jnp.nan)
-        return out, (jnp.where(active, loss, nan), jnp.where(active, smoothed, nan),
-                     jnp.where(active, reason, -1))
-
-    if num_batches is not None:
-        first_batch = jax.tree.map(lambda x: x[0], batches)
-    else:
+    if num_batches is None:
         iterator = iter(batches)
         try:
             first_batch = next(iterator)
         except StopIteration:
             raise ValueError("batches is empty; give at least num_steps batches.") from None
         iterator = itertools.chain([first_batch], iterator)
-    group, unroll = _backend.group_size(chunk, _backend.uses_convolution(
-        lambda p: loss_at(p, first_batch, jnp.int32(0)), params))
-    jit = functools.partial(jax.jit, compiler_options=compiler_options)
-    if num_batches is not None:
-        @jit
-        def run_group(carry, all_batches):
-            def body(c, _):
-                batch = jax.tree.map(lambda x: x[c.step % num_batches], all_batches)
-                return step(c, batch)
-            return jax.lax.scan(body, carry, None, length=group, unroll=unroll)
-    else:
-        @jit
-        def run_group(carry, group_batches):
-            return jax.lax.scan(step, carry, group_batches, unroll=unroll)
-
-    def run_chunk(carry, chunk_batches):
-        outputs = []
-        for start in range(0, chunk, group):
-            if num_batches is None:
-                part = jax.tree.map(lambda x: x[start:start + group], chunk_batches)
-            else:
-                part = chunk_batches
-            carry, out = run_group(carry, part)
-            outputs.append(out)
-        return carry, jax.tree.map(lambda *xs: jnp.concatenate(xs), *outputs)
-
-    # Copies, so nothing the caller holds is donated or aliased.
-    params0 = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-    carry = _Carry(params0, tx.init(params0), jnp.float32(0.0), jnp.float32(jnp.inf),
-                   jnp.bool_(False), jnp.int32(0))
-    losses, smoothed, reasons = [], [], []
+    settings = _Settings.of(min_lr, max_lr, num_steps, smoothing, diverge_threshold, seed)
+    runner = _Runner.get(loss_fn, optimizer, mode, takes_key, compiler_options)
+    carry, group, unroll = None, chunk, False
+    outputs: list[tuple[np.ndarray, ...]] = []
     eval_steps, eval_metrics = [], {}
     bar = _progress(num_steps, "range test", progress)
     done = 0
@@ -435,20 +533,28 @@ def range_test(
             while len(items) < chunk:  # pad the last chunk; those steps are skipped
                 items.append(items[-1])
             chunk_batches = jax.tree.map(lambda *xs: jnp.stack(xs), *items)
-            carry, (l, s, r) = run_chunk(carry, chunk_batches)
+            offset, count = done, chunk
         else:
-            carry, (l, s, r) = run_chunk(carry, batches)
-        l, s, r = np.asarray(l), np.asarray(s), np.asarray(r)
-        ran = int((r >= 0).sum())
-        losses.append(l[:ran])
-        smoothed.append(s[:ran])
-        reasons.append(r[:ran])
+            chunk_batches, offset, count = batches, 0, num_batches
+        offset, count = jnp.int32(offset), jnp.int32(count)
+        started = None if carry is not None or unroll else runner.start(
+            params, chunk_batches, offset, count, settings, chunk)
+        if started is not None:
+            carry, out = started
+        else:
+            if carry is None:  # convolutions on CPU: unrolled groups of steps
+                group, unroll = _backend.group_size(chunk, True)
+                carry = runner.init(params, settings)
+            carry, out = runner.run_chunk(carry, chunk_batches, offset, count, settings,
+                                          chunk, group, unroll)
+        out = tuple(np.asarray(x) for x in out)
+        ran = int((out[2] >= 0).sum())
+        outputs.append(tuple(x[:ran] for x in out))
         done += ran
         if bar is not None:
             bar.update(ran)
-        # Evaluate at chunk ends only: a chunk that stopped early kept training past the
-        # stop, and parameters after a non-finite loss are meaningless.
-        full_chunk = ran == chunk and not (ran and r[ran - 1] == 2)
+        # Evaluate at chunk ends only: parameters after a non-finite loss are meaningless.
+        full_chunk = ran == chunk and not (ran and out[2][ran - 1] == 2)
         if eval_fn is not None and full_chunk and done % eval_every == 0:
             for name, value in _metric_values(eval_fn(carry.params)).items():
                 eval_metrics.setdefault(name, []).append(value)
@@ -458,14 +564,14 @@ def range_test(
     if bar is not None:
         bar.close()
 
-    reasons = np.concatenate(reasons) if reasons else np.zeros(0, np.int32)
+    losses, smoothed, reasons, rates = (np.concatenate(x) for x in zip(*outputs))
     stop_code = int(reasons[-1]) if reasons.size else 0
-    learning_rates = np.asarray(jax.vmap(schedule)(jnp.arange(done)), np.float64)
+    learning_rates = rates.astype(np.float64)
     eval_steps = np.asarray(eval_steps, np.int64)
     return RangeTestResult(
         learning_rates=learning_rates,
-        losses=np.concatenate(losses).astype(np.float64),
-        smoothed_losses=np.concatenate(smoothed).astype(np.float64),
+        losses=losses.astype(np.float64),
+        smoothed_losses=smoothed.astype(np.float64),
         eval_steps=eval_steps,
         eval_learning_rates=learning_rates[eval_steps - 1] if eval_steps.size else np.zeros(0),
         eval_metrics={k: np.asarray(x, np.float64) for k, x in eval_metrics.items()},

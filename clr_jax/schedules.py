@@ -35,6 +35,7 @@ from clr_jax import _validation as v
 __all__ = [
     "cyclical",
     "cyclical_momentum",
+    "one_cycle_momentum",
     "decay",
     "exp_range",
     "exponential",
@@ -109,6 +110,24 @@ def _apply_window(s: jax.Array, window: str) -> jax.Array:
         # (1 - cos(pi s)) / 2 as sin(pi s / 2)**2: accurate near s = 0 too.
         return jnp.sin(jnp.pi / 2 * s) ** 2
     return s
+
+
+def _freeze(*values):
+    """Concrete hyperparameters copied at construction, so that changing the caller's
+    NumPy array or tensor afterwards does not change the schedule (nor bypass the
+    checks it passed); Python numbers, JAX arrays (immutable) and traced values are
+    used as they are."""
+    def freeze(value):
+        if value is None or isinstance(value, (int, float, complex, jax.Array)):
+            return value
+        array = v.concrete(value)
+        if array is None:
+            return value
+        frozen = np.array(array, copy=True)
+        frozen.setflags(write=False)
+        return frozen
+
+    return tuple(freeze(x) for x in values) if len(values) != 1 else freeze(values[0])
 
 
 def _fits(**values) -> None:
@@ -205,6 +224,8 @@ def cyclical(
     v.choice("scale_mode", scale_mode, SCALE_MODES)
     if scale_fn is not None and not callable(scale_fn):
         raise ValueError(f"scale_fn must be a callable or None, got {scale_fn!r}.")
+    base_lr, max_lr, step_size, step_size_down = _freeze(
+        base_lr, max_lr, step_size, step_size_down)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         lo, hi = _as_float(base_lr), _as_float(max_lr)
@@ -437,6 +458,7 @@ def exponential(
     _fits(base_lr=base_lr)
     log_gamma = _log_gamma(gamma, log_gamma)
     v.broadcastable(base_lr=base_lr, gamma=gamma, log_gamma=log_gamma)
+    base_lr = _freeze(base_lr)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         t = _as_step(step).astype(_float_dtype())
@@ -482,6 +504,7 @@ def decay(
     v.finite_positive("decay_steps", decay_steps)
     _fits(decay_steps=decay_steps)
     v.broadcastable(max_lr=max_lr, base_lr=base_lr, decay_steps=decay_steps)
+    max_lr, base_lr, decay_steps = _freeze(max_lr, base_lr, decay_steps)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         t = _as_step(step).astype(_float_dtype())
@@ -570,30 +593,118 @@ def one_cycle(
                          peak / div / final_div})
     v.choice("anneal", anneal, ANNEALS)
 
+    max_lr, total_steps, pct_start, div_factor, final_div_factor = _freeze(
+        max_lr, total_steps, pct_start, div_factor, final_div_factor)
+
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        t = _as_step(step).astype(_float_dtype())
-        peak, total, pct = _as_float(max_lr), _as_float(total_steps), _as_float(pct_start)
+        peak = _as_float(max_lr)
         initial = peak / _as_float(div_factor)
         final = initial / _as_float(final_div_factor)
-        rise_end = pct * total - 1
-        if three_phase:
-            fall_end = 2 * pct * total - 2
-            phases = [(0.0, rise_end, initial, peak), (rise_end, fall_end, peak, initial),
-                      (fall_end, total - 1, initial, final)]
-        else:
-            phases = [(0.0, rise_end, initial, peak), (rise_end, total - 1, peak, final)]
-        lr = None
-        # The first phase whose end is >= t wins, else the last (OneCycleLR's rule).
-        for index, (start, end, begin_value, end_value) in reversed(list(enumerate(phases))):
-            length = end - start
-            safe_length = jnp.where(length > 0, length, 1)
-            done = jnp.clip(jnp.where(length > 0, (t - start) / safe_length, 1), 0, 1)
-            left = jnp.clip(jnp.where(length > 0, (end - t) / safe_length, 0), 0, 1)
-            value = _anneal(begin_value, end_value, done, left, anneal)
-            lr = value if index == len(phases) - 1 else jnp.where(t <= end, value, lr)
-        return lr
+        return _one_cycle_phases(step, total_steps, pct_start, three_phase, anneal,
+                                 initial, peak, final)
 
     return schedule
+
+
+def _one_cycle_phases(step, total_steps, pct_start, three_phase: bool, anneal: str,
+                      first, turn, last) -> jax.Array:
+    """OneCycleLR's phases: ``first`` -> ``turn`` by step ``pct_start * total - 1``, then
+    to ``last`` at step ``total - 1``; with ``three_phase``, ``turn`` -> ``first`` by step
+    ``2 pct_start total - 2`` and then ``first`` -> ``last``."""
+    t = _as_step(step).astype(_float_dtype())
+    total, pct = _as_float(total_steps), _as_float(pct_start)
+    rise_end = pct * total - 1
+    if three_phase:
+        fall_end = 2 * pct * total - 2
+        phases = [(0.0, rise_end, first, turn), (rise_end, fall_end, turn, first),
+                  (fall_end, total - 1, first, last)]
+    else:
+        phases = [(0.0, rise_end, first, turn), (rise_end, total - 1, turn, last)]
+    value = None
+    # The first phase whose end is >= t wins, else the last (OneCycleLR's rule).
+    for index, (start, end, begin_value, end_value) in reversed(list(enumerate(phases))):
+        length = end - start
+        safe_length = jnp.where(length > 0, length, 1)
+        done = jnp.clip(jnp.where(length > 0, (t - start) / safe_length, 1), 0, 1)
+        left = jnp.clip(jnp.where(length > 0, (end - t) / safe_length, 0), 0, 1)
+        phase_value = _anneal(begin_value, end_value, done, left, anneal)
+        value = phase_value if index == len(phases) - 1 \
+            else jnp.where(t <= end, phase_value, value)
+    return value
+
+
+def one_cycle_momentum(
+    total_steps: jax.typing.ArrayLike,
+    *,
+    base_momentum: jax.typing.ArrayLike = 0.85,
+    max_momentum: jax.typing.ArrayLike = 0.95,
+    pct_start: jax.typing.ArrayLike = 0.3,
+    anneal: str = "cos",
+    three_phase: bool = False,
+) -> optax.Schedule:
+    r"""The momentum of the 1cycle policy, mirrored to `one_cycle`'s rate, as PyTorch's
+    ``OneCycleLR(cycle_momentum=True)`` (and fastai's ``fit_one_cycle``) cycles it.
+
+    The momentum starts at ``max_momentum``, falls to ``base_momentum`` while the rate
+    rises (by step ``pct_start * total_steps - 1``) and rises back to ``max_momentum``
+    while the rate anneals (at step ``total_steps - 1``). With ``three_phase=True`` it
+    rises back while the rate falls back to its initial value and stays at
+    ``max_momentum`` in the last phase. Give it the ``total_steps``, ``pct_start``,
+    ``anneal`` and ``three_phase`` of the rate's `one_cycle`.
+
+    Args:
+      total_steps: the length of the cycle in steps.
+      base_momentum: the momentum at the rate's peak.
+      max_momentum: the momentum at the start and the end.
+      pct_start: fraction of the steps the rate spends rising, in (0, 1); below 0.5
+        with ``three_phase``.
+      anneal: ``"cos"`` or ``"linear"`` interpolation within a phase.
+      three_phase: the three-phase variant.
+
+    Returns:
+      An ``optax.Schedule``, for `clr_jax.with_cyclical_momentum`.
+
+    Raises:
+      ValueError: on a momentum outside [0, 1], ``max_momentum < base_momentum``, a
+        non-positive ``total_steps``, ``pct_start`` outside its range or an unknown
+        ``anneal``.
+
+    Examples:
+      >>> import clr_jax
+      >>> momentum = clr_jax.one_cycle_momentum(100, anneal="linear", pct_start=0.5)
+      >>> [round(float(momentum(t)), 4) for t in (0, 49, 99)]
+      [0.95, 0.85, 0.95]
+    """
+    _check_momenta(base_momentum, max_momentum)
+    v.finite_positive("total_steps", total_steps)
+    _fits(total_steps=total_steps)
+    if not isinstance(three_phase, (bool, np.bool_)):
+        raise ValueError(f"three_phase must be True or False, got {three_phase!r}.")
+    three_phase = bool(three_phase)
+    v.check("pct_start", pct_start, lambda p: (p > 0) & (p < 1), "in (0, 1)")
+    if three_phase:
+        v.check("pct_start", pct_start, lambda p: p < 0.5, "< 0.5 with three_phase=True")
+    v.choice("anneal", anneal, ANNEALS)
+    v.broadcastable(base_momentum=base_momentum, max_momentum=max_momentum,
+                    total_steps=total_steps, pct_start=pct_start)
+    base_momentum, max_momentum, total_steps, pct_start = _freeze(
+        base_momentum, max_momentum, total_steps, pct_start)
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        hi, lo = _as_float(max_momentum), _as_float(base_momentum)
+        return _one_cycle_phases(step, total_steps, pct_start, three_phase, anneal, hi, lo, hi)
+
+    return schedule
+
+
+def _check_momenta(base_momentum, max_momentum) -> None:
+    for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
+        v.check(name, value, lambda m: (m >= 0) & (m <= 1), "in [0, 1]")
+    v.broadcastable(base_momentum=base_momentum, max_momentum=max_momentum)
+    v.not_less("max_momentum", max_momentum, "base_momentum", base_momentum)
+
+
+MOMENTUM_MODES = ("triangular", "triangular2", "exp_range")
 
 
 def cyclical_momentum(
@@ -602,47 +713,83 @@ def cyclical_momentum(
     step_size: jax.typing.ArrayLike,
     *,
     step_size_down: jax.typing.ArrayLike | None = None,
+    mode: str = "triangular",
+    gamma: jax.typing.ArrayLike | None = None,
+    scale_fn: Callable[[jax.Array], jax.Array] | None = None,
+    scale_mode: str = "cycle",
 ) -> optax.Schedule:
-    r"""A momentum that cycles opposite to a triangular learning rate.
+    r"""A momentum that cycles opposite to a cyclical learning rate.
 
     $$
-    \mu_t = \mu_{max} - (\mu_{max} - \mu_{base})\, s_t
+    \mu_t = \mu_{max} - (\mu_{max} - \mu_{base})\, s_t\, f(\cdot)
     $$
 
-    so momentum is at ``max_momentum`` where the rate is at its lower bound and at
-    ``base_momentum`` at the rate's peak (as PyTorch's ``CyclicLR`` cycles it). Use
-    the same step sizes as the learning-rate schedule, and pass it to an optimizer
-    with `clr_jax.with_cyclical_momentum`.
+    so momentum is at ``max_momentum`` where the rate is at its lower bound and swings
+    down toward ``base_momentum`` as the rate rises (as PyTorch's ``CyclicLR`` cycles
+    it). The swing is scaled by the same ``f`` as the rate's amplitude: pass the rate's
+    policy as ``mode`` (``"triangular2"`` halves the swing every cycle, ``"exp_range"``
+    multiplies it by ``gamma**t``) or any ``scale_fn``, exactly as PyTorch applies its
+    ``scale_fn`` to both. Use the same step sizes (and mode) as the learning-rate
+    schedule, and pass it to an optimizer with `clr_jax.with_cyclical_momentum`.
 
     Args:
-      base_momentum: momentum at the learning rate's peak.
+      base_momentum: momentum at the learning rate's (first) peak.
       max_momentum: momentum at the learning rate's trough.
       step_size: steps in the rising half of the learning-rate cycle.
       step_size_down: steps in the falling half; defaults to ``step_size``.
+      mode: the rate's policy: ``"triangular"``, ``"triangular2"`` or ``"exp_range"``.
+      gamma: the decay per step of ``"exp_range"`` (PyTorch's amplitude reading).
+      scale_fn: a function of a float array scaling the swing, instead of ``mode``;
+        it must use ``jax.numpy`` only.
+      scale_mode: what ``scale_fn`` receives: the 1-based ``"cycle"`` or the step
+        (``"iterations"``).
 
     Returns:
       An ``optax.Schedule``.
 
     Raises:
-      ValueError: on a momentum outside [0, 1], ``max_momentum < base_momentum``
-        or a non-positive step size.
+      ValueError: on a momentum outside [0, 1], ``max_momentum < base_momentum``, a
+        step size under one step, an unknown ``mode`` or ``scale_mode``, ``gamma``
+        missing for ``"exp_range"`` (or given for another mode), or both ``mode`` and
+        ``scale_fn``.
 
     Examples:
       >>> import clr_jax
       >>> momentum = clr_jax.cyclical_momentum(0.85, 0.95, step_size=100)
       >>> [round(float(momentum(t)), 4) for t in (0, 50, 100, 200)]
       [0.95, 0.9, 0.85, 0.95]
+      >>> halving = clr_jax.cyclical_momentum(0.85, 0.95, step_size=100, mode="triangular2")
+      >>> [round(float(halving(t)), 4) for t in (100, 300, 500)]
+      [0.85, 0.9, 0.925]
     """
-    for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
-        v.check(name, value, lambda m: (m >= 0) & (m <= 1), "in [0, 1]")
-    v.broadcastable(base_momentum=base_momentum, max_momentum=max_momentum)
-    v.not_less("max_momentum", max_momentum, "base_momentum", base_momentum)
+    _check_momenta(base_momentum, max_momentum)
     step_size_down = _check_step_sizes(step_size, step_size_down)
+    v.choice("mode", mode, MOMENTUM_MODES)
+    v.choice("scale_mode", scale_mode, SCALE_MODES)
+    if scale_fn is not None and not callable(scale_fn):
+        raise ValueError(f"scale_fn must be a callable or None, got {scale_fn!r}.")
+    if scale_fn is not None and mode != "triangular":
+        raise ValueError(f"give mode={mode!r} or a scale_fn, not both.")
+    if (gamma is not None) != (mode == "exp_range"):
+        raise ValueError("gamma goes with mode='exp_range' (and only there); got "
+                         f"mode={mode!r} and gamma={gamma!r}.")
+    if mode == "triangular2":
+        scale_fn, scale_mode = _halve_per_cycle, "cycle"
+    elif mode == "exp_range":
+        log_gamma = _log_gamma(gamma, None)
+        scale_fn, scale_mode = (lambda t: jnp.exp(t * log_gamma)), "iterations"
+    base_momentum, max_momentum, step_size, step_size_down = _freeze(
+        base_momentum, max_momentum, step_size, step_size_down)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        _, s = _wave(_as_step(step), _as_float(step_size), _as_float(step_size_down))
+        step = _as_step(step)
+        cycle, s = _wave(step, _as_float(step_size), _as_float(step_size_down))
         hi = _as_float(max_momentum)
-        return hi - (hi - _as_float(base_momentum)) * s
+        swing = (hi - _as_float(base_momentum)) * s
+        if scale_fn is not None:
+            x = cycle if scale_mode == "cycle" else step.astype(cycle.dtype)
+            swing = swing * scale_fn(x)
+        return hi - swing
 
     return schedule
 

@@ -15,9 +15,14 @@ as they are), and with ``lo`` its lowest value before the peak and ``hi`` its pe
 - ``max_lr`` is the first rate at which it has made ``rise[1]`` (90%) of it: past that
   point accuracy only creeps up, turns ragged or falls.
 
-The loss rules each give one rate ``r`` in the manner of fastai's and
-pytorch-lr-finder's suggestions; the bounds are then ``max_lr = r`` and
-``base_lr = base_fraction * r`` (the paper's "base_lr = max_lr / 3 or / 4").
+The loss rules reproduce the suggestions users know, each on the same window of the
+loss curve as its original: fastai's ``lr_find`` (``valley``, ``minimum``, ``steep``,
+``slide``), which drops the first tenth of the planned steps and the last 5 points, and
+torch-lr-finder's ``LRFinder.plot(suggest_lr=True)`` (``steepest``), which drops the
+first 10 and the last 5 points; both cut the curve at its first non-finite point. Each
+gives one rate ``r``; the bounds are then ``max_lr = r`` and ``base_lr = base_fraction *
+r`` (the paper's "base_lr = max_lr / 3 or / 4"). A parallel test's points are separate
+runs at rising rates: there nothing is dropped.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from clr_jax.range_test import ParallelRangeTestResult, RangeTestResult
 
 __all__ = ["Bounds", "METHODS", "suggest_bounds"]
 
-METHODS = ("auto", "paper", "paper_peak", "steepest", "valley", "minimum")
+METHODS = ("auto", "paper", "paper_peak", "valley", "minimum", "steep", "slide", "steepest")
 MIN_LOSS_POINTS = 5
 MIN_EVAL_POINTS = 3
 
@@ -93,19 +98,49 @@ def _running_median3(x: np.ndarray) -> np.ndarray:
     return np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
 
 
-def _longest_valley(losses: np.ndarray) -> tuple[int, int]:
-    """Start and end index of the longest strictly decreasing subsequence."""
+def _fastai_valley(losses: np.ndarray) -> tuple[int, dict]:
+    """fastai's valley: the longest run of falling losses (not necessarily consecutive
+    points), and a point a third plus a sixth of the way into it.
+
+    As fastai computes it: ``length[i]`` is the longest falling run ending at point i,
+    grown over the earlier points in order; the run's end moves to i as soon as
+    ``length[i]`` passes the longest so far, and its start is then set to i minus
+    ``length[i]`` as it stands at that moment. The point is start + int(s) + int(s / 2),
+    s = (end - start) / 3.
+    """
     n = losses.size
     length = np.ones(n, dtype=np.int64)
-    start = np.arange(n)
+    start = end = 0
     for i in range(1, n):
-        higher = np.flatnonzero(losses[:i] > losses[i])
-        if higher.size:
-            j = higher[np.argmax(length[higher])]
-            length[i] = length[j] + 1
-            start[i] = start[j]
-    end = int(np.argmax(length))
-    return int(start[end]), end
+        longer = np.where(losses[:i] > losses[i], length[:i] + 1, 1)
+        grown = np.maximum.accumulate(longer)
+        length[i] = grown[-1]
+        passed = np.flatnonzero(grown > length[end])
+        if passed.size:
+            end, start = i, i - int(grown[passed[0]])
+    section = (end - start) / 3
+    # fastai's point falls before the curve (-1) when the longest fall is one step from
+    # the first point; fastai then reads the last rate (a negative index), clr_jax the first.
+    index = max(start + int(section) + int(section / 2), 0)
+    return index, {"valley_indices": [start, end]}
+
+
+def _fastai_slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15,
+                  thresh: float = 0.005) -> float:
+    """fastai's slide: an interval of ``lr_diff`` points, from the last point back, moves
+    left while the loss's gradient at its two ends differs by more than ``thresh``; the
+    rate at the left end it last moved from (the first interval's, if it never moved).
+    """
+    if losses.size <= lr_diff:
+        raise ValueError(f"method 'slide' needs more than {lr_diff} loss points, got "
+                         f"{losses.size}; run more steps.")
+    grad = np.gradient(losses)
+    right, left = losses.size - 1, losses.size - 1 - lr_diff
+    rate = lrs[left]
+    while left >= 0 and abs(grad[right] - grad[left]) > thresh:
+        rate = lrs[left]
+        right, left = right - 1, left - 1
+    return float(rate)
 
 
 def _from_point(rate: float, method: str, base_fraction: float, evidence) -> Bounds:
@@ -121,7 +156,8 @@ def suggest_bounds(
     base_fraction: float = 0.25,
     rise: tuple[float, float] = (0.1, 0.9),
     min_rise: float = 0.02,
-    skip_start: float = 0.1,
+    skip_start: int | None = None,
+    skip_end: int | None = None,
 ) -> Bounds:
     """Suggests ``base_lr`` and ``max_lr`` from a range test.
 
@@ -131,12 +167,15 @@ def suggest_bounds(
       this module's docstring. The paper's CIFAR-10 test gave 0.001 and 0.006.
     - ``"paper_peak"``: the paper's alternative, ``max_lr`` at the smoothed accuracy
       peak and ``base_lr = base_fraction * max_lr``.
-    - ``"steepest"``: ``max_lr`` at the steepest descent of the loss against
-      log(rate), searched up to the loss minimum (pytorch-lr-finder's suggestion).
-    - ``"valley"``: ``max_lr`` halfway through the longest stretch over which the loss
-      keeps falling (after fastai's "valley").
-    - ``"minimum"``: ``max_lr`` = the rate at the loss minimum / 10 (fastai's
-      "minimum").
+    - ``"valley"``: fastai's ``valley``: a point a half of the way into the longest
+      stretch over which the loss keeps falling.
+    - ``"minimum"``: fastai's ``minimum``: the rate at the loss minimum / 10.
+    - ``"steep"``: fastai's ``steep``: the rate where the loss falls fastest against
+      log(rate) (slopes between neighbouring points).
+    - ``"slide"``: fastai's ``slide``: the interval slide rule (``lr_diff`` 15 points,
+      gradient threshold 0.005).
+    - ``"steepest"``: torch-lr-finder's suggestion: the rate at the most negative
+      gradient of the loss against the point index.
     - ``"auto"``: ``"paper"`` when ``metric`` was evaluated at 3 or more points, else
       ``"valley"``.
 
@@ -150,10 +189,11 @@ def suggest_bounds(
         suggests 1/3 to 1/4.
       rise: the fractions of the accuracy rise that mark ``base_lr`` and ``max_lr``.
       min_rise: the least rise of the metric (in its own units) that counts as one.
-      skip_start: for a sequential `RangeTestResult`, the fraction of the first loss
-        points that "steepest" and "valley" ignore: early in the test the loss falls
-        because training has just begun, whatever the rate (pytorch-lr-finder skips
-        its first 10 points for the same reason).
+      skip_start: loss points a sequential test's loss rules drop at the start (early
+        in a test the loss falls because training has just begun, whatever the rate);
+        by default the rule's original: a tenth of the planned steps for fastai's
+        rules, 10 for torch-lr-finder's.
+      skip_end: loss points dropped at the end; by default 5, as both originals.
 
     Returns:
       `Bounds` with the method's evidence.
@@ -163,6 +203,10 @@ def suggest_bounds(
         the method, or an accuracy curve that never rises.
     """
     v.choice("method", method, METHODS)
+    for name, count in (("skip_start", skip_start), ("skip_end", skip_end)):
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or count < 0):
+            raise ValueError(f"{name} must be a whole number >= 0 or None, got {count!r}.")
     v.check("base_fraction", base_fraction, lambda f: (f > 0) & (f < 1), "in (0, 1)")
     if not (0 <= rise[0] < rise[1] <= 1):
         raise ValueError(f"rise must be two fractions 0 <= a < b <= 1, got {rise!r}.")
@@ -213,25 +257,30 @@ def suggest_bounds(
                       f"{metric}_at_max": float(smooth[m])},
         )
 
-    rates, loss = _finite_prefix(np.asarray(lrs), np.asarray(losses), method)
+    lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
+    if isinstance(result, RangeTestResult):  # the original's window
+        first = skip_start if skip_start is not None else (
+            10 if method == "steepest" else result.num_steps // 10)
+        last = 5 if skip_end is None else skip_end
+        window = slice(first, lrs.size - last)
+        lrs, losses = lrs[window], losses[window]
+    rates, loss = _finite_prefix(lrs, losses, method)
     lowest = int(np.argmin(loss))
-    first = int(skip_start * rates.size) if isinstance(result, RangeTestResult) else 0
-    evidence = {"lr_at_minimum": float(rates[lowest]), "minimum_loss": float(loss[lowest])}
+    evidence = {"lr_at_minimum": float(rates[lowest]), "minimum_loss": float(loss[lowest]),
+                "points_read": int(rates.size)}
     if method == "minimum":
         return _from_point(rates[lowest] / 10, method, base_fraction, evidence)
-    if method == "steepest":
-        if lowest - first < 2:
-            raise ValueError(
-                "method 'steepest' found the loss lowest at the start of the test: it never "
-                "falls; lower min_lr."
-            )
-        window = slice(first, lowest + 1)
-        slope = np.gradient(loss[window], np.log(rates[window]))
-        k = int(np.argmin(slope))  # index into the window
-        return _from_point(rates[first + k], method, base_fraction,
-                           {**evidence, "steepest_slope_per_log_lr": float(slope[k])})
-    start, end = _longest_valley(loss[first:])
-    start, end = start + first, end + first
-    j = start + (end - start) // 2
-    return _from_point(rates[j], method, base_fraction,
-                       {**evidence, "valley_lrs": [float(rates[start]), float(rates[end])]})
+    if method == "valley":
+        index, found = _fastai_valley(loss)
+        return _from_point(rates[index], method, base_fraction, {**evidence, **found})
+    if method == "steep":
+        slopes = np.diff(loss) / np.diff(np.log(rates))
+        k = int(np.argmin(slopes))
+        return _from_point(rates[k], method, base_fraction,
+                           {**evidence, "steepest_slope_per_log_lr": float(slopes[k])})
+    if method == "slide":
+        return _from_point(_fastai_slide(rates, loss), method, base_fraction, evidence)
+    gradient = np.gradient(loss)  # "steepest", torch-lr-finder's
+    k = int(np.argmin(gradient))
+    return _from_point(rates[k], method, base_fraction,
+                       {**evidence, "steepest_gradient_per_point": float(gradient[k])})

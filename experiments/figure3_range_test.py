@@ -22,9 +22,9 @@ import json
 import time
 from pathlib import Path
 
-
 from _common import experiment_parser, metadata, require_data
 
+import clr_jax
 from clr_jax import plotting
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.jobs import run_range_test
@@ -33,7 +33,40 @@ from clr_jax.harness.train import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = {"paper": 4000, "cpu": 1000}
 PAPER_BOUNDS = {"base_lr": 0.001, "max_lr": 0.006}
-METHODS = ("paper", "paper_peak", "steepest", "valley", "minimum")
+METHODS = ("paper", "paper_peak", "valley", "minimum", "steep", "slide", "steepest")
+
+
+def _paths(args):
+    results = (args.out_dir or ROOT / "experiments" / "results")
+    images = (args.out_dir or ROOT / "docs" / "images")
+    return results / f"figure3_range_test_{args.scale}.json", \
+        images / f"figure3_range_test_{args.scale}.png"
+
+
+def _report(path_json, path_png, report, result, bounds):
+    report["bounds"] = {b.method: b.to_dict() for b in bounds}
+    path_json.parent.mkdir(parents=True, exist_ok=True)
+    path_json.write_text(json.dumps(report, indent=1) + "\n")
+    figure = plotting.plot_range_test(
+        result, bounds, title=f"LR range test, Caffe net on CIFAR-10 ({report['scale']})")
+    plotting.save_figure(figure, path_png)
+    for b in bounds:
+        print(f"{b.method:11s} base_lr {b.base_lr:.4g}  max_lr {b.max_lr:.4g}   "
+              f"(paper: {PAPER_BOUNDS['base_lr']} / {PAPER_BOUNDS['max_lr']})")
+
+
+def reread(args):
+    """The bounds of the recorded test, read again with the current rules."""
+    path_json, path_png = _paths(args)
+    report = json.loads(path_json.read_text())
+    result = clr_jax.RangeTestResult.from_dict(report["curve"])
+    bounds = []
+    for method in METHODS:
+        try:
+            bounds.append(clr_jax.suggest_bounds(result, method))
+        except ValueError:
+            continue
+    _report(path_json, path_png, report, result, bounds)
 
 
 def main(argv=None):
@@ -43,12 +76,16 @@ def main(argv=None):
     parser.add_argument("--model", default="caffe_cifar10",
                         help="the paper's network; another only for smoke tests")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--reread", action="store_true",
+                        help="read the bounds again from the recorded curve (after the rules "
+                        "change), without training")
     args = parser.parse_args(argv)
+    if args.reread:
+        return reread(args)
     require_data(parser, args)
     steps = SCALES.get(args.scale, 8)
     dataset = load_dataset(args.data)
     results = (args.out_dir or ROOT / "experiments" / "results")
-    images = (args.out_dir or ROOT / "docs" / "images")
     run_dir = results / f"figure3_range_test_{args.scale}"
     eval_every = max(1, steps // 20)
     config = TrainConfig(num_steps=steps, eval_every=eval_every, log_every=eval_every,
@@ -68,21 +105,12 @@ def main(argv=None):
         "protocol": "Caffe cifar10_full, caffe_sgd momentum 0.9 wd 0.004, batch 100, "
                     "fixed data order, linear ramp 1e-5 -> 0.02",
         "paper_bounds": PAPER_BOUNDS,
-        "bounds": {b.method: b.to_dict() for b in bounds},
         "curve": result.to_dict(),
         "config": json.loads(json.dumps(config.__dict__)),
         "wall_seconds": seconds,
         **metadata(),
     }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"figure3_range_test_{args.scale}.json").write_text(
-        json.dumps(report, indent=1) + "\n")
-    figure = plotting.plot_range_test(
-        result, bounds, title=f"LR range test, Caffe net on CIFAR-10 ({report['scale']})")
-    plotting.save_figure(figure, images / f"figure3_range_test_{args.scale}.png")
-    for b in bounds:
-        print(f"{b.method:11s} base_lr {b.base_lr:.4g}  max_lr {b.max_lr:.4g}   "
-              f"(paper: {PAPER_BOUNDS['base_lr']} / {PAPER_BOUNDS['max_lr']})")
+    _report(*_paths(args), report, result, bounds)
     print(f"{steps} iterations in {seconds:.0f} s")
 
 

@@ -20,13 +20,18 @@ class TestDivergence:
         assert CRITICAL_LR < r.learning_rates[-1] < 1.5 * CRITICAL_LR
         assert len(r.losses) == r.stop_step < 300
 
-    @pytest.mark.parametrize("method", ["steepest", "valley", "minimum"])
+    @pytest.mark.parametrize("method, lowest", [
+        ("valley", CRITICAL_LR / 50), ("minimum", CRITICAL_LR / 50),
+        ("steep", CRITICAL_LR / 50),
+        # torch-lr-finder's rule reads the steepest fall per point, which on an
+        # exponential ramp can be the early fall of a test that has just begun
+        ("steepest", 0.0)])
     @pytest.mark.parametrize("mode", ["linear", "exponential"])
-    def test_loss_rules_below_critical_but_not_absurdly(self, batches, method, mode):
+    def test_loss_rules_below_critical_but_not_absurdly(self, batches, method, lowest, mode):
         r = clr_jax.range_test(loss_fn, jnp.zeros(5), batches, min_lr=0.01 if mode == "linear"
                                else 1e-3, max_lr=3.0, num_steps=300, mode=mode)
         b = clr_jax.suggest_bounds(r, method)
-        assert CRITICAL_LR / 50 < b.max_lr < CRITICAL_LR
+        assert lowest < b.max_lr < CRITICAL_LR
         assert b.base_lr == pytest.approx(b.max_lr / 4)
 
     def test_non_finite_loss_stops_without_exception(self, batches):

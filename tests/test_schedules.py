@@ -189,6 +189,38 @@ class TestCyclicalMomentum:
                                    rtol=1e-6)
 
 
+class TestFrozenSettings:
+    """Concrete settings are copied when the schedule is built: changing the caller's
+    array or tensor afterwards changes nothing (PyTorch tests the same of its own)."""
+
+    @pytest.mark.parametrize("build, argument", [
+        (lambda a: clr_jax.triangular(0.01, a, 10), 0.1),
+        (lambda a: clr_jax.triangular2(a, 0.5, 10), 0.1),
+        (lambda a: clr_jax.exp_range(0.01, a, 10, 0.99), 0.1),
+        (lambda a: clr_jax.exp_range(0.01, 0.1, 10, gamma=a, decay="both"), 0.99),
+        (lambda a: clr_jax.cyclical(0.01, 0.1, a, window="hann"), 10.0),
+        (lambda a: clr_jax.decay(a, 0.01, 10), 0.1),
+        (lambda a: clr_jax.exponential(a, 0.99), 0.1),
+        (lambda a: clr_jax.one_cycle(a, 100), 0.1),
+        (lambda a: clr_jax.one_cycle(0.1, 100, div_factor=a), 25.0),
+        (lambda a: clr_jax.cyclical_momentum(0.8, a, 10), 0.9),
+        (lambda a: clr_jax.one_cycle_momentum(100, base_momentum=a), 0.85),
+    ])
+    @pytest.mark.parametrize("kind", ["numpy", "torch"])
+    def test_changing_the_input_afterwards_changes_nothing(self, build, argument, kind):
+        import torch
+
+        def make():
+            return np.array(argument) if kind == "numpy" else torch.tensor(argument)
+
+        given = make()
+        schedule = build(given)
+        before = values(schedule, STEPS[:50])
+        given[...] = argument * 0.5  # in place, after the checks have passed
+        np.testing.assert_array_equal(values(schedule, STEPS[:50]), before)
+        np.testing.assert_array_equal(values(build(make()), STEPS[:50]), before)
+
+
 class TestStepDtypes:
     @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32, np.float32])
     def test_dtypes_agree(self, dtype):

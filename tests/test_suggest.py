@@ -59,19 +59,122 @@ def test_suggest_errors(linear_result):
         clr_jax.suggest_bounds({"losses": []}, "minimum")
 
 
-class TestLossRulesSkipStart:
-    def test_steepest_with_skipped_start_and_a_late_minimum(self):
-        """Regression: with skip_start > 0 the steepest point was indexed off the window
-        (an IndexError on a 1,000-step CIFAR-10 test). loss = -tanh(log r - log 0.012)
-        falls fastest at r = 0.012, then rises after its minimum near 0.015."""
-        rates = np.linspace(1e-5, 0.02, 1000)
-        loss = -np.tanh(np.log(rates) - np.log(0.012)) + 50 * np.clip(rates - 0.015, 0, None)
-        n = rates.size
-        result = clr_jax.RangeTestResult(
-            learning_rates=rates, losses=loss, smoothed_losses=loss,
-            eval_steps=np.arange(0), eval_learning_rates=np.zeros(0), eval_metrics={},
-            stop_reason=None, stop_step=None, mode="linear", min_lr=1e-5, max_lr=0.02,
-            num_steps=n)
-        b = clr_jax.suggest_bounds(result, "steepest", skip_start=0.3)
-        assert b.max_lr == pytest.approx(0.012, rel=0.01)
-        assert b.evidence["steepest_slope_per_log_lr"] == pytest.approx(-1, abs=0.01)
+def curve(losses, lrs=None, num_steps=None):
+    """A sequential result whose smoothed loss is ``losses`` (rates 0.01, 0.02, ...)."""
+    losses = np.asarray(losses, np.float64)
+    lrs = np.arange(1, losses.size + 1) * 0.01 if lrs is None else np.asarray(lrs, np.float64)
+    return clr_jax.RangeTestResult(
+        learning_rates=lrs, losses=losses, smoothed_losses=losses,
+        eval_steps=np.arange(0), eval_learning_rates=np.zeros(0), eval_metrics={},
+        stop_reason=None, stop_step=None, mode="linear", min_lr=float(lrs[0]),
+        max_lr=float(lrs[-1]), num_steps=num_steps or losses.size)
+
+
+def suggested(losses, method, **kwargs):
+    """The rate a rule reads from the whole curve (no points dropped)."""
+    result = curve(losses)
+    return clr_jax.suggest_bounds(result, method, skip_start=0, skip_end=0, **kwargs).max_lr
+
+
+class TestPeersAlgorithmsByHand:
+    """Each loss rule on curves whose answers were worked out by hand from the peer's
+    published algorithm (fastai 2.8 callback/schedule.py, torch-lr-finder 0.2.2)."""
+
+    def test_valley(self):
+        # longest falling run: 3 > 1 > 0.5 > 0.4 (points 0, 1, 3, 4), found when point 4
+        # reaches length 4: start = 4 - 4 = 0, end = 4; s = 4/3; 0 + int(1.33) + int(0.67)
+        assert suggested([3, 1, 2, 0.5, 0.4, 4], "valley") == pytest.approx(0.02)
+        # a curve falling all the way: fastai's start is one before the first point
+        # (end 4 - length 5 = -1); s = 5/3; -1 + 1 + int(0.83) = point 0
+        assert suggested([5, 4, 3, 2, 1], "valley") == pytest.approx(0.01)
+        # one falling step from the first point: start -1, end 1, s = 2/3, point -1,
+        # which fastai reads as the last rate; clr_jax reads the first (documented)
+        assert suggested([2.0, 1.0, 3.0, 4.0, 5.0], "valley") == pytest.approx(0.01)
+
+    def test_minimum(self):
+        assert suggested([3, 2, 0.7, 1.5, 2, 9], "minimum") == pytest.approx(0.03 / 10)
+
+    def test_steep(self):
+        # slopes against log(rate) between neighbours, with rates 1, 2, 4, 8, 16 (log
+        # steps equal): the biggest fall, 2.5 -> 1.0, starts at the third point (rate 4)
+        result = curve([3.0, 2.8, 2.5, 1.0, 0.9], lrs=[1, 2, 4, 8, 16])
+        b = clr_jax.suggest_bounds(result, "steep", skip_start=0, skip_end=0)
+        assert b.max_lr == 4
+
+    def test_slide(self):
+        # flat at 1.0 to point 20, then rising by 0.1 a point (30 points): np.gradient is
+        # 0 up to point 19, 0.05 at 20, 0.1 after. The interval (29, 14) moves left while
+        # its right end is at a gradient of 0.05 or more: 10 moves, the last from (20, 5)
+        losses = [1.0] * 20 + [1.0 + 0.1 * k for k in range(10)]
+        assert suggested(losses, "slide") == pytest.approx(0.06)
+
+    def test_steepest(self):
+        # np.gradient: -0.1, -0.25, -0.95, -0.8, -0.1, -0.1: steepest at point 2
+        assert suggested([5.0, 4.9, 4.5, 3.0, 2.9, 2.8], "steepest") == pytest.approx(0.03)
+
+    def test_windows_drop_the_lucky_start_and_the_last_five_points(self):
+        """fastai reads points num_steps // 10 to -5; torch-lr-finder 10 to -5."""
+        losses = np.full(40, 2.0)
+        losses[1] = 0.1  # a lucky first batch
+        losses[37] = 0.2  # the minimum in the last five points
+        losses[20] = 1.0  # the minimum of the window
+        result = curve(losses)
+        assert clr_jax.suggest_bounds(result, "minimum").max_lr == pytest.approx(0.21 / 10)
+        assert clr_jax.suggest_bounds(result, "minimum").evidence["points_read"] == 40 - 4 - 5
+        assert clr_jax.suggest_bounds(result, "steepest").evidence["points_read"] == 40 - 15
+        # a test stopped early still drops a tenth of the planned steps
+        early = curve(losses[:30], num_steps=100)
+        assert clr_jax.suggest_bounds(early, "minimum").evidence["points_read"] == 30 - 10 - 5
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="'slide' needs more than 15 loss points"):
+            suggested(np.linspace(3, 1, 12), "slide")
+        with pytest.raises(ValueError, match="skip_end must be a whole number"):
+            clr_jax.suggest_bounds(curve(np.linspace(3, 1, 30)), "valley", skip_end=-1)
+
+
+def _recorded_curves():
+    """Range tests recorded by the project's experiments on CIFAR-10 and the bundled
+    sample (smoothed and raw losses), plus smooth synthetic curves."""
+    import json
+
+    root = ROOT / "experiments" / "results"
+    found = []
+    for path, keys in (("range_test_cifar10_small.json", ("tests", "linear", "result")),
+                       ("range_test_cifar10_small.json", ("tests", "exponential", "result")),
+                       ("figure3_range_test_cpu.json", ("curve",)),
+                       ("demo/range_test/range_test.json", ("result",))):
+        data = json.loads((root / path).read_text())
+        for key in keys:
+            data = data[key]
+        for kind in ("smoothed_losses", "losses"):
+            losses = np.array([np.nan if x is None else x for x in data[kind]])
+            found.append(pytest.param(np.asarray(data["learning_rates"]), losses,
+                                      id=f"{path.split('.')[0]}-{keys[-1]}-{kind}"))
+    rates = np.geomspace(1e-5, 1, 120)
+    for shift in (0.3, 1.0, 3.0):
+        loss = 2 - np.tanh(np.log(rates / 1e-3) / shift) + 30 * np.clip(rates - 0.2, 0, None)
+        found.append(pytest.param(rates, loss, id=f"synthetic-{shift}"))
+    return found
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("lrs, losses", _recorded_curves())
+def test_steepest_equals_torch_lr_finders_suggestion(lrs, losses):
+    """torch-lr-finder's own package as the oracle, on the same (rates, losses)."""
+    from matplotlib.figure import Figure
+    from torch_lr_finder import LRFinder
+
+    finite = np.flatnonzero(~np.isfinite(losses))
+    end = finite[0] if finite.size else losses.size
+    finder = LRFinder.__new__(LRFinder)  # only its history is read
+    finder.history = {"lr": list(lrs[:end]), "loss": list(losses[:end])}
+    _, theirs = finder.plot(ax=Figure().add_subplot(), suggest_lr=True)
+    result = clr_jax.RangeTestResult(
+        learning_rates=lrs, losses=losses, smoothed_losses=losses,
+        eval_steps=np.arange(0), eval_learning_rates=np.zeros(0), eval_metrics={},
+        stop_reason=None, stop_step=None, mode="linear", min_lr=float(lrs[0]),
+        max_lr=float(lrs[-1]), num_steps=lrs.size)
+    assert clr_jax.suggest_bounds(result, "steepest").max_lr == theirs
