@@ -12,6 +12,8 @@ times each, in one process. Variants:
 - spectral: the 32-channel convolutions as products of spectra
   (`kernels.conv_spectral`);
 - lrn_sqrt: LRN's power -0.75 as two square roots (`kernels.lrn_within_channel`);
+- separable_windows: the 3x3 window sums and maxima of pooling and LRN as two
+  elementwise ops on shifted slices instead of `reduce_window`;
 - ynn_reductions_only: only reductions left to YNNPACK, convolutions and matrix
   products through XLA's Eigen kernels (`kernels.YNN_REDUCTIONS_ONLY`);
 - loop_emitters: XLA's older loop emitters (``xla_cpu_use_fusion_emitters=False``);
@@ -39,12 +41,13 @@ import clr_jax
 from _report import machine, update_section, write_result
 from clr_jax.harness import kernels, models
 
-KERNELS = ("max_pool", "conv_spectral", "lrn_sqrt")
+KERNELS = ("max_pool", "conv_spectral", "lrn_sqrt", "separable_windows")
 VARIANTS = {
     "plain": (),
     "max_pool_vjp": ("max_pool",),
     "spectral": ("conv_spectral",),
     "lrn_sqrt": ("lrn_sqrt",),
+    "separable_windows": ("separable_windows",),
     "ynn_reductions_only": ("ynn_reductions_only",),
     "loop_emitters": ("loop_emitters",),
     "kernels": KERNELS,
@@ -62,14 +65,29 @@ class Variant(models.CaffeCifar10):
             self.conv2.conv_general_dilated = kernels.conv_spectral
             self.conv3.conv_general_dilated = kernels.conv_spectral
 
+    def lrn(self, x):
+        squares = (kernels._pool3(x * x, 1, ((0, 0), (1, 1), (1, 1), (0, 0)), jnp.add, 0.0)
+                   if "separable_windows" in self.switches else jax.lax.reduce_window(
+                       x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1),
+                       ((0, 0), (1, 1), (1, 1), (0, 0))))
+        scale = 1 + (5e-5 / 9) * squares
+        if "lrn_sqrt" in self.switches:
+            root = jax.lax.rsqrt(scale)
+            return x * (root * jnp.sqrt(root))
+        return x * scale ** -0.75
+
     def __call__(self, x):
-        max_pool = kernels.max_pool_ceil_fast if "max_pool" in self.switches \
-            else kernels.max_pool_ceil
-        fast = "lrn_sqrt" in self.switches
-        x = kernels.lrn_within_channel(jax.nn.relu(max_pool(self.conv1(x))), fast=fast)
-        x = kernels.lrn_within_channel(kernels.avg_pool_ceil(jax.nn.relu(self.conv2(x))),
-                                       fast=fast)
-        x = kernels.avg_pool_ceil(jax.nn.relu(self.conv3(x)))
+        separable = "separable_windows" in self.switches
+        if "max_pool" in self.switches:  # its forward maxima are separable
+            max_pool = kernels.max_pool_ceil_fast
+        elif separable:
+            max_pool = lambda x: kernels._pool3(  # noqa: E731
+                x, 2, kernels._ceil_padding(x), jnp.maximum, -jnp.inf)
+        else:
+            max_pool = kernels.max_pool_ceil
+        x = self.lrn(jax.nn.relu(max_pool(self.conv1(x))))
+        x = self.lrn(kernels.avg_pool_ceil(jax.nn.relu(self.conv2(x)), fast=separable))
+        x = kernels.avg_pool_ceil(jax.nn.relu(self.conv3(x)), fast=separable)
         return self.ip1(x.reshape(x.shape[0], -1))
 
 

@@ -576,6 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands.choices["sweep"].set_defaults(**_sweep_file_defaults(train_settings))
             args = parser.parse_args(argv)
         _start_distributed(args)
+        if args.command != "schedule":
+            from clr_jax.harness.compilation import enable_compilation_cache
+
+            enable_compilation_cache()
         return args.run(args)
     except UsageError as error:
         print(f"clr-jax: error: {error}", file=sys.stderr)

@@ -18,7 +18,9 @@ RESULTS = ROOT / "experiments" / "results"
 
 
 def experiment_parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser with the flag every experiment takes: --data."""
+    """An argument parser with the flag every experiment takes: --data. Also keeps the
+    compiled programs on disk for the next run (`compilation_cache`)."""
+    compilation_cache()
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"),
                         help="the CIFAR-10 image folder or .tar.gz (or $CLR_JAX_DATA)")
@@ -28,6 +30,13 @@ def experiment_parser(doc: str) -> argparse.ArgumentParser:
 def require_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.data:
         parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
+
+
+def compilation_cache() -> None:
+    """A second run of an experiment skips compilation (clr_jax's CLI does the same)."""
+    from clr_jax.harness.compilation import enable_compilation_cache
+
+    enable_compilation_cache()
 
 
 def commit() -> str | None:

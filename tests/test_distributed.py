@@ -64,7 +64,9 @@ def run(folder, out, processes, devices, *extra):
 
 
 def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """metrics.jsonl without the wall times."""
+    return [{k: x for k, x in json.loads(line).items() if k != "seconds"}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def fingerprint(out: Path) -> str:

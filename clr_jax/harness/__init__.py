@@ -17,6 +17,7 @@ The entry points are `clr_jax.harness.train.train` and `clr_jax.harness.sweep.sw
 are built from are.
 """
 
+from clr_jax.harness.compilation import enable_compilation_cache
 from clr_jax.harness.data import ImageDataset, load_dataset
 from clr_jax.harness.device_data import DeviceData
 from clr_jax.harness.members import Member, load_members, parse_members
@@ -43,6 +44,7 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "build_model",
+    "enable_compilation_cache",
     "fingerprint",
     "load_dataset",
     "load_members",

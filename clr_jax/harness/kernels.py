@@ -61,10 +61,38 @@ def max_pool_ceil(x: jax.Array) -> jax.Array:
                                  _ceil_padding(x))
 
 
-def avg_pool_ceil(x: jax.Array) -> jax.Array:
+def _window3(x: jax.Array, axis: int, stride: int, pad: tuple[int, int], op, fill):
+    """Along ``axis``: ``op`` of three neighbours (x padded with ``fill``), every
+    ``stride``-th window: a window sum or max as two elementwise ops on shifted slices,
+    which XLA fuses with their neighbours, where a ``reduce_window`` is a loop of its
+    own (benchmarks/caffe_kernels_cpu.py)."""
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = pad
+    x = jnp.pad(x, widths, constant_values=fill)
+    n = (x.shape[axis] - 3) // stride + 1
+
+    def shifted(k):
+        return jax.lax.slice_in_dim(x, k, k + stride * (n - 1) + 1, stride, axis)
+
+    return op(op(shifted(0), shifted(1)), shifted(2))
+
+
+def _pool3(x: jax.Array, stride: int, pads, op, fill) -> jax.Array:
+    """A separable 3x3 window op over H and W of NHWC ``x``."""
+    return _window3(_window3(x, 1, stride, pads[1], op, fill), 2, stride, pads[2], op, fill)
+
+
+def avg_pool_ceil(x: jax.Array, *, fast: bool = False) -> jax.Array:
     """3x3 stride-2 average pooling with Caffe's output size, dividing by the number of
-    real pixels in each window."""
+    real pixels in each window; with ``fast`` the sums are separable shifted slices."""
     window, strides, padding = (1, 3, 3, 1), (1, 2, 2, 1), _ceil_padding(x)
+    if fast:
+        total = _pool3(x, 2, padding, jnp.add, 0.0)
+        # real pixels per window, a constant: 3 except where the window leaves the image
+        rows, cols = (np.minimum(2 * np.arange(m) + 3, n) - 2 * np.arange(m)
+                      for m, n in ((total.shape[1], x.shape[1]), (total.shape[2], x.shape[2])))
+        count = (rows[:, None] * cols[None, :]).astype(x.dtype)[None, :, :, None]
+        return total / count
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
     ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
     count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, padding)
@@ -74,7 +102,8 @@ def avg_pool_ceil(x: jax.Array) -> jax.Array:
 @jax.custom_vjp
 def max_pool_ceil_fast(x: jax.Array) -> jax.Array:
     """`max_pool_ceil` whose gradient goes to the first maximum of each window (in
-    row-major order, as Caffe's), computed from 9 strided slices.
+    row-major order, as Caffe's), computed from 9 strided slices; the maxima themselves
+    from separable shifted slices.
 
     Autodiff of ``reduce_window(max)`` tracks argmax indices through a variadic
     reduce_window, which XLA's CPU backend runs ~4x slower than the whole rest of the
@@ -84,7 +113,7 @@ def max_pool_ceil_fast(x: jax.Array) -> jax.Array:
 
 
 def _max_pool_fwd(x):
-    y = max_pool_ceil(x)
+    y = _pool3(x, 2, _ceil_padding(x), jnp.maximum, -jnp.inf)  # the same maxima
     return y, (x, y)
 
 
@@ -232,12 +261,14 @@ def lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75, *,
                        fast: bool = False) -> jax.Array:
     """Caffe's WITHIN_CHANNEL LRN, local size 3: x * (1 + alpha/9 * sum_3x3 x^2)^-beta.
 
-    With ``fast`` and the usual beta = 0.75 the power is rsqrt(s) * sqrt(rsqrt(s)): two
-    square roots instead of an exponential and a logarithm, forward and backward; equal
-    to the power up to rounding.
+    With ``fast`` the window sums are separable shifted slices, and for the usual beta =
+    0.75 the power is rsqrt(s) * sqrt(rsqrt(s)): two square roots instead of an
+    exponential and a logarithm, forward and backward; equal to the power up to
+    rounding.
     """
-    squares = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1),
-                                    ((0, 0), (1, 1), (1, 1), (0, 0)))
+    same = ((0, 0), (1, 1), (1, 1), (0, 0))
+    squares = (_pool3(x * x, 1, same, jnp.add, 0.0) if fast else
+               jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), same))
     scale = 1 + (alpha / 9) * squares
     if fast and beta == 0.75:
         inverse_root = jax.lax.rsqrt(scale)

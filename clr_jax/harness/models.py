@@ -62,8 +62,9 @@ class CaffeCifar10(nnx.Module):
         fast = self.kernels == "fast"
         max_pool = k.max_pool_ceil_fast if fast else k.max_pool_ceil
         x = k.lrn_within_channel(jax.nn.relu(max_pool(self.conv1(x))), fast=fast)
-        x = k.lrn_within_channel(k.avg_pool_ceil(jax.nn.relu(self.conv2(x))), fast=fast)
-        x = k.avg_pool_ceil(jax.nn.relu(self.conv3(x)))
+        x = k.lrn_within_channel(k.avg_pool_ceil(jax.nn.relu(self.conv2(x)), fast=fast),
+                                 fast=fast)
+        x = k.avg_pool_ceil(jax.nn.relu(self.conv3(x)), fast=fast)
         return self.ip1(x.reshape(x.shape[0], -1))
 
 

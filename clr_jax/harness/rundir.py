@@ -368,6 +368,7 @@ def run_loop(
                 length = min(trainer.chunk, num_steps - step)
                 new_state, losses = trainer.run_steps(state, step, length)
                 row = make_row(step + length, length, np.asarray(losses), new_state)
+                row["seconds"] = round(time.perf_counter() - started, 3)  # of this session
                 state = new_state
                 step += length
                 steps_run += length

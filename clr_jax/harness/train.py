@@ -193,13 +193,19 @@ def make_loss(graphdef: nnx.GraphDef) -> Loss:
 
 def train_steps(loss: Loss, data: DeviceData, tx: optax.GradientTransformation, state: State,
                 first_step: jax.Array, length: int, *, seed: jax.typing.ArrayLike,
-                unroll: bool) -> tuple[State, jax.Array]:
+                unroll: bool, permutation: jax.Array | None = None
+                ) -> tuple[State, jax.Array]:
     """``length`` training steps from ``first_step``: ``(state, losses)``.
 
     A pure function of its inputs: each step's batch comes from ``data`` by (seed,
     step), so a sweep vmaps it over members with their own ``tx`` and ``seed``.
+    ``permutation`` is the order of ``first_step``'s epoch
+    (``data.permutation(epoch, seed)``), when the caller has it already: computing it
+    is a sort of the training set, worth doing once an epoch rather than once a call.
     """
     epoch0 = first_step // data.steps_per_epoch
+    if permutation is None:
+        permutation = data.permutation(epoch0, seed)
 
     def body(carry, step):
         state, permutation, epoch = carry
@@ -215,8 +221,8 @@ def train_steps(loss: Loss, data: DeviceData, tx: optax.GradientTransformation, 
                 permutation, new_epoch), value
 
     steps = first_step + jnp.arange(length, dtype=jnp.int32)
-    (state, _, _), losses = jax.lax.scan(
-        body, (state, data.permutation(epoch0, seed), epoch0), steps, unroll=unroll)
+    (state, _, _), losses = jax.lax.scan(body, (state, permutation, epoch0), steps,
+                                         unroll=unroll)
     return state, losses
 
 
@@ -336,10 +342,12 @@ class Trainer:
         # No buffer donation: an interrupt between groups must still find the state
         # of the last finished chunk intact, to checkpoint it.
         self._run_group = jax.jit(
-            lambda state, first_step, group: train_steps(
+            lambda state, first_step, permutation, group: train_steps(
                 self.loss, self.data, self.tx, state, first_step, group, seed=config.seed,
-                unroll=unroll),
+                unroll=unroll, permutation=permutation),
             static_argnames="group", compiler_options=self.compiler_options)
+        self._permutation = jax.jit(lambda epoch: self.data.permutation(epoch, config.seed))
+        self._epoch_order: tuple[int, jax.Array] | None = None
         self._evaluate = jax.jit(make_eval_step(self.parts.eval_graphdef, self.data),
                                  compiler_options=self.compiler_options)
         self._learning_rate = jax.jit(schedule)
@@ -359,9 +367,17 @@ class Trainer:
         group = math.gcd(self.group, num_steps)  # a short last chunk may need smaller groups
         losses = []
         for start in range(first_step, first_step + num_steps, group):
-            state, part = self._run_group(state, jnp.int32(start), group)
+            state, part = self._run_group(state, jnp.int32(start), self.epoch_order(start),
+                                          group)
             losses.append(part)
-        return state, jnp.concatenate(losses)
+        return state, (losses[0] if len(losses) == 1 else jnp.concatenate(losses))
+
+    def epoch_order(self, step: int) -> jax.Array:
+        """The order of the training set in ``step``'s epoch (kept for the epoch)."""
+        epoch = step // self.data.steps_per_epoch
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            self._epoch_order = (epoch, self._permutation(jnp.int32(epoch)))
+        return self._epoch_order[1]
 
     def evaluate(self, state: State) -> dict[str, float]:
         """Test loss and accuracy of ``state``."""
