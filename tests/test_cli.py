@@ -1,6 +1,7 @@
 """The command line: every command end to end, and user errors as one line."""
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -228,3 +229,27 @@ class TestSweep:
         assert cli.main(argv) == cli.EXIT_USAGE
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_second_run_reuses_the_compiled_programs(tmp_path):
+    """The command line keeps XLA's programs in $CLR_JAX_COMPILATION_CACHE: a second run
+    of the same job loads them instead of compiling; "off" keeps nothing."""
+    probe = ("import sys, jax.monitoring as m; events = [];"
+             "m.register_event_listener(lambda e, **kw: events.append(e));"
+             "from clr_jax import cli; code = cli.main(sys.argv[1:]);"
+             "print('HITS', events.count('/jax/compilation_cache/cache_hits'));"
+             "sys.exit(code)")
+    argv = ["train", "--model", "mlp", "--batch-size", "50", "--steps", "4", "--eval-every",
+            "2", "--policy", "fixed", "--base-lr", "0.001", "--no-progress"]
+
+    def run(name, cache):
+        env = {**os.environ, "CLR_JAX_COMPILATION_CACHE": str(cache),
+               "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        out = subprocess.run([sys.executable, "-c", probe, *argv, "--out", str(tmp_path / name)],
+                             env=env, capture_output=True, text=True, check=True)
+        return int(out.stdout.split("HITS")[1].split()[0])
+
+    assert run("first", tmp_path / "cache") == 0
+    assert len(list((tmp_path / "cache").iterdir())) > 0
+    assert run("second", tmp_path / "cache") > 0
+    assert run("off", "off") == 0
