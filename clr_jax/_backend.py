@@ -14,9 +14,29 @@ from collections.abc import Callable
 
 import jax
 import jax.extend.core
+import jax.numpy as jnp
 
 # The most steps unrolled into one compiled call on CPU.
 MAX_UNROLLED_STEPS = 16
+
+
+def scan(body: Callable, carry, xs=None, *, length: int | None = None, unroll: bool):
+    """``jax.lax.scan``, or with ``unroll`` its steps written out one after another.
+
+    ``lax.scan(..., unroll=True)`` of length 1 still emits a while loop (with one trip),
+    which is exactly what unrolling is meant to avoid on CPU: a one-step group of the
+    small CNN of experiments/range_test_cifar10_small.py ran 27x slower per step than a
+    two-step group. Written out here, no group of any length holds a loop.
+    """
+    if not unroll:
+        return jax.lax.scan(body, carry, xs, length=length)
+    if length is None:
+        length = len(jax.tree.leaves(xs)[0])
+    outputs = []
+    for i in range(length):
+        carry, out = body(carry, None if xs is None else jax.tree.map(lambda x: x[i], xs))
+        outputs.append(out)
+    return carry, jax.tree.map(lambda *values: jnp.stack(values), *outputs)
 
 
 def on_cpu() -> bool:

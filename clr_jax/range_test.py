@@ -393,7 +393,7 @@ class _Runner:
         def body(c, _):
             return self._step(c, self._batch(batches, c.step, offset, count), settings)
 
-        return jax.lax.scan(body, carry, None, length=group, unroll=True)
+        return _backend.scan(body, carry, length=group, unroll=True)
 
     def run_chunk(self, carry, batches, offset, count, settings, chunk, group, unroll):
         """``chunk`` steps (fewer after a stop): the carry and the step outputs."""
@@ -707,7 +707,7 @@ def parallel_range_test(
             return (keep(optax.apply_updates(p, updates), p), keep(new_state, state), ok), \
                 jnp.where(ok, jnp.asarray(loss, jnp.float32), jnp.nan)
 
-        (p, state, ok), losses = jax.lax.scan(
+        (p, state, ok), losses = _backend.scan(
             body, (p, state, ok), first_step + jnp.arange(group), unroll=unroll)
         return (p, state, ok, key), losses
 

@@ -125,7 +125,9 @@ def main():
     need = max(steps.values()) * 100
     idx = order[np.arange(need) % len(order)].reshape(-1, 100)
     batches = {"x": prep(data.train_images[idx]), "y": jnp.asarray(data.train_labels[idx])}
-    test_x, test_y = prep(data.test_images[:2000]), jnp.asarray(data.test_labels[:2000])
+    n_test = 200 if args.quick else 2000  # --quick: a smoke test, not a measurement
+    test_x = prep(data.test_images[:n_test])
+    test_y = jnp.asarray(data.test_labels[:n_test])
 
     def loss_fn(p, batch):
         return optax.softmax_cross_entropy_with_integer_labels(
@@ -163,7 +165,7 @@ def main():
         optimizer=sgd, mode="exponential", progress=True), METHODS["exponential"],
         "exponential range test, CIFAR-10 (JPEG copy), small CNN")
     record("parallel", lambda: clr_jax.parallel_range_test(
-        loss_fn, params, batches, learning_rates=np.geomspace(0.003, 0.3, 6),
+        loss_fn, params, batches, learning_rates=np.geomspace(0.003, 0.3, 3 if args.quick else 6),
         num_steps=steps["parallel"], optimizer=sgd, eval_fn=accuracy, progress=True),
         METHODS["parallel"],
         "parallel range test (6 rates at once), CIFAR-10 (JPEG copy)")

@@ -22,7 +22,7 @@ class TestCaffeSGD:
         g = {"a": jnp.array(1.0), "b": jnp.array(4.0)}
         w = dict(a=2.0, b=-1.0)
         v = dict(a=0.0, b=0.0)
-        for t, rate in enumerate((0.1, 0.3)):
+        for rate in (0.1, 0.3):
             for k, (lm, dm) in mults.items():
                 v[k] = 0.9 * v[k] + rate * lm * (float(g[k]) + 0.5 * dm * w[k])
                 w[k] -= v[k]

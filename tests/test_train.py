@@ -151,13 +151,13 @@ class TestTraining:
         """4 fake CPU devices (conftest) split each batch; results match one device."""
         assert jax.device_count() == 4
         code = (
-            "import jax, clr_jax, json, sys; sys.path.insert(0, %r);"
+            "import jax, clr_jax, json, sys; sys.path.insert(0, " + repr(str(ROOT)) + ");"
             "from tests.helpers import read_tensorboard, tiny_dataset; from tests.test_train import MLP_CONFIG;"
             "from clr_jax.harness.train import TrainConfig, train;"
             "c = TrainConfig(num_steps=20, eval_every=20, log_every=10, **MLP_CONFIG);"
             "s = train(c, tiny_dataset(), sys.argv[1], schedule=clr_jax.triangular(0.01, 0.05, 5),"
             " progress=False); print(json.dumps([s['final_test_loss'], jax.device_count()]))"
-        ) % str(ROOT)
+        )
         outs = {}
         for devices in (1, 4):
             env = {**os.environ,

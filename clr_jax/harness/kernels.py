@@ -154,7 +154,7 @@ max_pool_ceil_fast.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 # -- the 5x5 "same" convolution as a product of spectra ---------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dft_tables(h: int, w: int, kh: int, kw: int) -> tuple[np.ndarray, ...]:
     """Real matrices of the 2-D DFTs behind `conv_spectral`, in float64.
 

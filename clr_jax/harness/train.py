@@ -221,8 +221,8 @@ def train_steps(loss: Loss, data: DeviceData, tx: optax.GradientTransformation, 
                 permutation, new_epoch), value
 
     steps = first_step + jnp.arange(length, dtype=jnp.int32)
-    (state, _, _), losses = jax.lax.scan(body, (state, permutation, epoch0), steps,
-                                         unroll=unroll)
+    (state, _, _), losses = _backend.scan(body, (state, permutation, epoch0), steps,
+                                          unroll=unroll)
     return state, losses
 
 
