@@ -9,6 +9,9 @@
 # finished policies are not run again. Results: experiments/results/table1_paper/<run>/
 # and experiments/results/figure3_range_test_paper.json.
 set -uo pipefail
+# With autogroup scheduling (most Linux desktops and VMs) nice only ranks processes
+# within one session; lower this session's whole group too, so interactive work wins.
+echo 19 2>/dev/null > /proc/self/autogroup || true
 cd "$(dirname "$0")/.."
 data=${1:?give the CIFAR-10 archive}
 out=experiments/results/table1_paper

@@ -39,6 +39,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import optax
 from _common import commit, experiment_parser, metadata, require_data, write_json
 
@@ -148,41 +149,72 @@ def _rows(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _run(folder: Path, name: str) -> dict:
+    summary = json.loads((folder / "summary.json").read_text())
+    evaluated = [r for r in _rows(folder) if "test_accuracy" in r]
+    return {
+        "final_test_accuracy": summary["final_test_accuracy"],
+        "best_test_accuracy": summary["best_test_accuracy"],
+        "steps": summary["steps"], "paper_steps": PAPER[name][0],
+        "paper_accuracy": PAPER[name][1],
+        "eval_steps": [r["step"] for r in evaluated],
+        "test_accuracy": [r["test_accuracy"] for r in evaluated],
+        "lr": [r["lr"] for r in evaluated],
+        "images_per_second": summary.get("images_per_second"),
+        "wall_seconds": summary.get("wall_seconds_total"),
+        "device": summary.get("device"), "fingerprint": summary.get("fingerprint"),
+        "commit": summary.get("commit"), "seed": summary["config"]["seed"],
+        "config": summary.get("config"),
+    }
+
+
+def _first_reaching(run: dict, target: float | None) -> int | None:
+    return next((s for s, a in zip(run["eval_steps"], run["test_accuracy"])
+                 if target is not None and a >= target), None)
+
+
 def report(args) -> dict:
-    """Collects every finished policy under --out into one result file, table and figure."""
+    """Collects every finished run under --out into one result file, table and figures:
+    each policy's main run (seed 0) and its other seeds (<policy>-seed<N>)."""
     from clr_jax import plotting
 
-    chosen = [name for name in policies(args.scale)
-              if (args.out / name / "summary.json").exists()]
-    if not chosen:
+    runs, seeds = {}, {}
+    for name in policies(args.scale):
+        if (args.out / name / "summary.json").exists():
+            runs[name] = _run(args.out / name, name)
+        for folder in sorted(args.out.glob(f"{name}-seed*")):
+            if (folder / "summary.json").exists():
+                seeds.setdefault(name, []).append(_run(folder, name))
+    if not runs:
         raise SystemExit(f"no finished policy under {args.out}")
-    runs = {}
-    for name in chosen:
-        summary = json.loads((args.out / name / "summary.json").read_text())
-        evaluated = [r for r in _rows(args.out / name) if "test_accuracy" in r]
-        runs[name] = {
-            "final_test_accuracy": summary["final_test_accuracy"],
-            "best_test_accuracy": summary["best_test_accuracy"],
-            "steps": summary["steps"], "paper_steps": PAPER[name][0],
-            "paper_accuracy": PAPER[name][1],
-            "eval_steps": [r["step"] for r in evaluated],
-            "test_accuracy": [r["test_accuracy"] for r in evaluated],
-            "lr": [r["lr"] for r in evaluated],
-            "images_per_second": summary.get("images_per_second"),
-            "device": summary.get("device"), "fingerprint": summary.get("fingerprint"),
-            "config": summary.get("config"),
-        }
     target = runs["fixed"]["final_test_accuracy"] if "fixed" in runs else None
     budget = min(run["steps"] for run in runs.values())
-    for run in runs.values():
-        pairs = list(zip(run["eval_steps"], run["test_accuracy"]))
-        run["steps_to_fixed_final"] = next(
-            (s for s, a in pairs if target is not None and a >= target), None)
+    for name, run in runs.items():
+        run["steps_to_fixed_final"] = _first_reaching(run, target)
+        # the other way round: the iterations fixed needs to reach this policy's final
+        run["fixed_steps_to_this_final"] = (
+            _first_reaching(runs["fixed"], run["final_test_accuracy"]) if "fixed" in runs
+            else None)
         run["fraction_of_fixed_iterations"] = (
             run["steps_to_fixed_final"] / runs["fixed"]["steps"]
             if run["steps_to_fixed_final"] and "fixed" in runs else None)
-        at_budget = [a for s, a in pairs if s <= budget]
+        at_budget = [a for s, a in zip(run["eval_steps"], run["test_accuracy"]) if s <= budget]
         run["accuracy_at_equal_budget"] = at_budget[-1] if at_budget else None
+        if name in seeds:  # every seed: its final accuracy, and the iterations each seed
+            # needs to reach each seed's fixed final (the spread of the headline)
+            finals = [run["final_test_accuracy"]] + [r["final_test_accuracy"]
+                                                     for r in seeds[name]]
+            run["seeds"] = {
+                "seeds": [run["seed"]] + [r["seed"] for r in seeds[name]],
+                "final_test_accuracy": finals,
+                "mean": float(np.mean(finals)), "std": float(np.std(finals, ddof=1)),
+                "runs": seeds[name]}
+    fixed_finals = runs.get("fixed", {}).get("seeds", {}).get("final_test_accuracy")
+    for run in runs.values():
+        if fixed_finals and "seeds" in run:
+            all_runs = [run] + run["seeds"]["runs"]
+            run["seeds"]["steps_to_each_fixed_final"] = [
+                [_first_reaching(r, t) for t in fixed_finals] for r in all_runs]
     label = f"{args.scale:g}"
     scale_text = "paper scale" if args.scale == 1 else f"scaled down x{args.scale:g} (CPU)"
     result = {"experiment": "table1_cifar10", "scale": args.scale, "scale_text": scale_text,
@@ -192,22 +224,29 @@ def report(args) -> dict:
               **metadata()}
     results_dir = args.report_dir or Path(__file__).resolve().parent / "results"
     images_dir = args.report_dir or Path(__file__).resolve().parents[1] / "docs" / "images"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"table1_cifar10_{label}.json").write_text(json.dumps(result, indent=1))
-    lines = [f"Table 1, CIFAR-10, {scale_text}; target = fixed's final accuracy "
+    write_json(results_dir / f"table1_cifar10_{label}.json", result)
+    lines = [f"Table 1, CIFAR-10 (JPEG copy), {scale_text}; target = fixed's final accuracy "
              f"({target:.4f})" if target is not None else "Table 1", "",
              "| policy | iterations (paper) | final accuracy % (paper) | best % | "
-             f"iterations to fixed's final | % at {budget} iterations |",
-             "|---|---|---|---|---|---|"]
+             f"iterations to fixed's final (paper) | iterations fixed needs to reach this "
+             f"final | % at {budget} iterations | seeds: final % |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, run in runs.items():
         paper_acc = "-" if run["paper_accuracy"] is None else f"{run['paper_accuracy']}"
         reached = run["steps_to_fixed_final"]
+        paper_reached = {"triangular2": "25000", "fixed": "70000"}.get(name, "-")
+        spread = ""
+        if "seeds" in run:
+            values = ", ".join(f"{100 * a:.1f}" for a in run["seeds"]["final_test_accuracy"])
+            spread = f"{values} (mean {100 * run['seeds']['mean']:.1f}, std " \
+                     f"{100 * run['seeds']['std']:.1f})"
         lines.append(
             f"| {name} | {run['steps']} ({run['paper_steps']}) | "
             f"{100 * run['final_test_accuracy']:.1f} ({paper_acc}) | "
             f"{100 * run['best_test_accuracy']:.1f} | "
-            f"{reached if reached is not None else 'not reached'} | "
-            f"{100 * run['accuracy_at_equal_budget']:.1f} |")
+            f"{reached if reached is not None else 'not reached'} ({paper_reached}) | "
+            f"{run['fixed_steps_to_this_final'] or 'not reached'} | "
+            f"{100 * run['accuracy_at_equal_budget']:.1f} | {spread} |")
     table = "\n".join(lines) + "\n"
     (results_dir / f"table1_cifar10_{label}.md").write_text(table)
     print(table)
@@ -215,6 +254,17 @@ def report(args) -> dict:
     figure = plotting.plot_accuracy(curves, target=target, figsize=(8.0, 4.0),
                                     title=f"Table 1 policies on CIFAR-10 ({scale_text})")
     plotting.save_figure(figure, images_dir / f"table1_cifar10_{label}.png")
+    if "fixed" in runs and "triangular2" in runs:  # the paper's Figure 1
+        figure1 = {}
+        for name, text in (("fixed", "fixed (0.001, drops at 60k, 65k)"),
+                           ("triangular2", "triangular2 (Table 2's three stages)")):
+            for run in [runs[name]] + runs[name].get("seeds", {}).get("runs", []):
+                figure1[f"{text}, seed {run['seed']}"] = (run["eval_steps"],
+                                                          run["test_accuracy"])
+        figure = plotting.plot_accuracy(
+            figure1, target=target, figsize=(8.0, 4.0),
+            title=f"Figure 1: CIFAR-10 (JPEG copy), {scale_text}")
+        plotting.save_figure(figure, images_dir / f"figure1_cifar10_{label}.png")
     return result
 
 
