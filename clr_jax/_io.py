@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -16,10 +17,15 @@ import numpy as np
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Opens a temporary file beside ``path`` and renames it over ``path`` on success,
     so a crash leaves the old file or the new one, never half of one. The folder is
-    made if needed. On an error the temporary file is removed and the error raised."""
+    made if needed. On an error the temporary file is removed and the error raised.
+
+    The temporary file's name is unique to the writer, so that several processes (the
+    processes of one distributed run filling the same data cache) can write the same
+    file at once: the last rename wins, each whole."""
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}."
+                                  f"{secrets.token_hex(4)}.tmp")
     try:
         if os.path.isdir(path):
             raise IsADirectoryError(21, "Is a directory", path)

@@ -1,11 +1,14 @@
 """Loading image folders, archives, the bundled sample and tfds sets."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from clr_jax._io import atomic_write
 from clr_jax.harness import data as data_module
 from clr_jax.harness.data import ImageDataset, load_dataset, load_image_folder
 
@@ -103,6 +106,27 @@ class TestCache:
         with pytest.raises(ValueError, match="cannot decode image .*0.png"):
             load_image_folder(root)
 
+    def test_processes_filling_the_cache_at_once_all_succeed(self, tmp_path):
+        """The processes of one distributed run decode the same folder at the same time
+        and each writes the cache entry."""
+        root = _folder(tmp_path / "d")
+        code = ("import sys; from clr_jax.harness.data import load_image_folder; "
+                "print(load_image_folder(sys.argv[1]).train_images.sum())")
+        runs = [subprocess.Popen([sys.executable, "-c", code, str(root)], text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for _ in range(4)]
+        outputs = [p.communicate(timeout=120) for p in runs]
+        assert [p.returncode for p in runs] == [0] * 4, outputs
+        assert len({out for out, _ in outputs}) == 1
+        assert [p.name for p in (tmp_path / "cache").iterdir()] == \
+            [next((tmp_path / "cache").glob("*.npz")).name]  # one entry, no temporary left
+
+    def test_a_cache_that_cannot_be_written_only_costs_the_cache(self, tmp_path, monkeypatch):
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("CLR_JAX_CACHE", str(tmp_path / "file" / "cache"))
+        root = _folder(tmp_path / "d")
+        assert load_image_folder(root).train_images.shape[0] == 6
+
     def test_a_replaced_archive_is_seen(self, tmp_path):
         import tarfile
 
@@ -173,3 +197,14 @@ def test_tfds_errors_name_no_command_line_flag(tmp_path, monkeypatch):
         data_module.load_tfds("cifar10", tmp_path)
     assert "--data " not in str(error.value) and "Error)" not in str(error.value)
     assert "pip install tensorflow-datasets" in str(error.value)
+
+
+def test_overlapping_writers_of_one_file_each_write_it_whole(tmp_path):
+    path = tmp_path / "result.json"
+    with atomic_write(path) as first:
+        first.write("first")
+        with atomic_write(path) as second:
+            second.write("second")
+        assert path.read_text() == "second"
+    assert path.read_text() == "first"  # the last rename wins
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]

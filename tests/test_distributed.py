@@ -42,9 +42,12 @@ def command(folder, out, *extra):
 
 
 def launch(folder, out, processes, devices, *extra):
-    """Starts ``processes`` processes of ``devices`` CPU devices each, joined."""
+    """Starts ``processes`` processes of ``devices`` CPU devices each, joined. Each
+    run folder has its own data cache, which the first launch's processes fill at once."""
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    cache = out.parent / f".cache-{out.name}"
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "CLR_JAX_CACHE": str(cache)}
     return [subprocess.Popen(
         command(folder, out, "--coordinator", f"localhost:{port}", "--num-processes",
                 str(processes), "--process-id", str(i), *extra),
@@ -53,7 +56,14 @@ def launch(folder, out, processes, devices, *extra):
 
 
 def finish(processes, timeout=300):
-    outputs = [p.communicate(timeout=timeout) for p in processes]
+    """Waits for every process; on a timeout, stops them all and fails with their output."""
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in processes]
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+        outputs = [p.communicate() for p in processes]
+        pytest.fail(f"the processes did not finish in {timeout} s: {outputs}")
     return [p.returncode for p in processes], outputs
 
 
@@ -121,3 +131,21 @@ def test_sigterm_stops_every_process_at_one_checkpoint_and_resume_matches(
     run(folder, out, 2, 2, "--resume")
     assert fingerprint(out) == fingerprint(one_process)
     assert rows(out) == rows(one_process)
+
+
+@pytest.mark.parametrize("written_already", [False, True])
+def test_every_process_joins_the_same_collectives_whatever_it_finds_on_disk(
+        tmp_path, monkeypatch, written_already):
+    """A process that finds config.json already written by the primary (which got there
+    first) must still join the primary's collective: a collective some processes skip
+    pairs with the wrong one and hangs the run (an occasional hang, seen in CI)."""
+    from clr_jax.harness import distributed, rundir
+
+    record = {"policy": "triangular2", "steps": 600}
+    run = rundir.RunDir(tmp_path / "run")
+    if written_already:
+        run.check_record(record)
+    calls = []
+    monkeypatch.setattr(distributed, "on_primary", lambda fn, what: calls.append(what))
+    run.check_record(record)
+    assert calls == ["write config.json"]

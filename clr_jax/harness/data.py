@@ -14,6 +14,7 @@ the archive) has changed its name, size or modification time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -23,6 +24,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from clr_jax._io import atomic_write
 
 __all__ = ["ImageDataset", "cache_dir", "load_dataset", "load_image_folder", "load_tfds"]
 
@@ -213,10 +216,9 @@ def load_image_folder(source: str | os.PathLike, *, use_cache: bool = True) -> I
         arrays[f"{split}_labels"] = np.array([index[c] for c in classes[split]], np.int32)
     dataset = ImageDataset(class_names=names, **arrays)
     if use_cache:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
-        np.savez(tmp, class_names=np.array(names), **arrays)
-        os.replace(tmp, cached)
+        # a folder that cannot be written only loses the cache, not the run
+        with contextlib.suppress(ValueError), atomic_write(cached, "wb") as f:
+            np.savez(f, class_names=np.array(names), **arrays)
     return dataset
 
 

@@ -190,8 +190,15 @@ class RunDir:
                     f"{', '.join(changed)}; resume with the same settings, or pass "
                     "overwrite=True to start again."
                 )
-        if saved != record:
-            distributed.on_primary(lambda: write_json(config_path, record), "write config.json")
+
+        def write():
+            if saved != record:
+                write_json(config_path, record)
+
+        # Every process takes part, whatever it found: the primary may have written
+        # config.json before another process looked (a collective joined by only some
+        # processes would pair with the wrong one and hang the run).
+        distributed.on_primary(write, "write config.json")
         return record
 
     def finished(self, summary: str = "summary.json") -> dict | None:
