@@ -54,6 +54,23 @@ class CaffeCifar10(nn.Module):
         return self.ip1(x.flatten(1))
 
 
+def make_optimizer(net):
+    """PyTorch's SGD with Caffe's per-layer multipliers, and CyclicLR triangular2."""
+    groups = []  # Caffe's lr and decay multipliers: biases 2x rate; ip1 250x decay
+    for name, module in (("conv1", net.conv1), ("conv2", net.conv2), ("conv3", net.conv3),
+                         ("ip1", net.ip1)):
+        groups.append({"params": [module.weight], "lr_mult": 1.0,
+                       "weight_decay": 0.004 * (250 if name == "ip1" else 1)})
+        groups.append({"params": [module.bias], "lr_mult": 1.0 if name == "conv3" else 2.0,
+                       "weight_decay": 0.0 if name == "ip1" else 0.004})
+    opt = torch.optim.SGD(groups, lr=0.001, momentum=0.9)
+    base = [0.001 * g["lr_mult"] for g in groups]
+    top = [0.006 * g["lr_mult"] for g in groups]
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base, top, step_size_up=100,
+                                              mode="triangular2", cycle_momentum=False)
+    return opt, sched
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data")
@@ -71,18 +88,7 @@ def main():
     loaded = time.perf_counter()
 
     net = CaffeCifar10()
-    groups = []  # Caffe's lr and decay multipliers: biases 2x rate; ip1 250x decay
-    for name, module in (("conv1", net.conv1), ("conv2", net.conv2), ("conv3", net.conv3),
-                         ("ip1", net.ip1)):
-        groups.append({"params": [module.weight], "lr_mult": 1.0,
-                       "weight_decay": 0.004 * (250 if name == "ip1" else 1)})
-        groups.append({"params": [module.bias], "lr_mult": 1.0 if name == "conv3" else 2.0,
-                       "weight_decay": 0.0 if name == "ip1" else 0.004})
-    opt = torch.optim.SGD(groups, lr=0.001, momentum=0.9)
-    base = [0.001 * g["lr_mult"] for g in groups]
-    top = [0.006 * g["lr_mult"] for g in groups]
-    sched = torch.optim.lr_scheduler.CyclicLR(opt, base, top, step_size_up=100,
-                                              mode="triangular2", cycle_momentum=False)
+    opt, sched = make_optimizer(net)
     b = args.batch_size
     per_epoch = len(train_y) // b
     marks = {}
