@@ -187,7 +187,8 @@ def main():
           "", f"`python benchmarks/vs_pytorch.py --rounds {args.rounds} --steps {args.steps}` "
           f"→ `results/{path.name}`", "",
           f"{result['job']}; {m['cpu']} ({m['cores']} cores), jax {m['jax']}. Each side is "
-          f"its own process, alternated {args.rounds} times; the PyTorch side is "
+          f"its own process, alternated {args.rounds} times ({max(2, args.rounds - 1)} above "
+          "1,000 iterations); the PyTorch side is "
           "benchmarks/pytorch_caffe_cifar10.py (PyTorch's own SGD and CyclicLR). Speed is "
           "PyTorch's wall time (or images/s) over clr_jax's: above 1 is faster.", "",
           "| iterations | side | whole process, s (median, range) | speed vs PyTorch | "
