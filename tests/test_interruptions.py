@@ -104,3 +104,50 @@ def test_ctrl_c_twice_exits_quietly(folder, tmp_path, uninterrupted):
     assert returned == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err
     resume_matches(folder, out, uninterrupted)
+
+
+@pytest.mark.parametrize("sig, exc", [(signal.SIGINT, KeyboardInterrupt),
+                                      (signal.SIGTERM, "Terminated")])
+def test_a_stop_request_that_python_swallows_is_still_kept(sig, exc, monkeypatch):
+    """Ctrl-C landing inside a garbage-collection callback (JAX registers one) raises
+    KeyboardInterrupt where Python only reports it and carries on; the loop must still
+    see the request after its chunk, and the swallowed exception must not be reported
+    (a run once finished with exit 0 and a traceback after Ctrl-C)."""
+    import gc
+
+    from clr_jax.harness import rundir
+
+    exc = getattr(rundir, exc) if isinstance(exc, str) else exc
+    reported, raised = [], []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    def callback(phase, info):
+        if phase == "start" and not raised:
+            raised.append(True)
+            signal.raise_signal(sig)  # the handler runs here, inside the callback
+
+    before = signal.getsignal(sig)
+    with rundir._stop_requests(several=False) as received:
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()  # does not raise: the exception dies in the callback
+        finally:
+            gc.callbacks.remove(callback)
+        assert received == [sig]
+    assert raised and reported == []
+    assert signal.getsignal(sig) is before and sys.unraisablehook == reported.append
+
+
+def test_other_unraisable_exceptions_are_still_reported(monkeypatch):
+    from clr_jax.harness import rundir
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    class Noisy:
+        def __del__(self):
+            raise ValueError("reported")
+
+    with rundir._stop_requests(several=False) as received:
+        Noisy()
+    assert received == [] and [type(r.exc_value) for r in reported] == [ValueError]

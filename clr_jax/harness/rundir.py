@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -71,28 +72,36 @@ def interrupts_deferred() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _stop_requests(several: bool) -> Iterator[list[int]]:
-    """How a request to stop reaches the loop. One process: SIGTERM raises `Terminated`
-    in the main thread (SIGINT already raises KeyboardInterrupt), so the loop saves the
-    last finished chunk and stops as for Ctrl-C. Several processes: both signals only
-    note the request (yielded list), and the processes agree after each chunk (see
-    `_any_process`), so that all of them save the same step together."""
+    """How a request to stop reaches the loop. Ctrl-C (SIGINT) and SIGTERM are noted in
+    the yielded list. One process: the handler also raises `KeyboardInterrupt` or
+    `Terminated` at once, so the loop saves the last finished chunk and stops; where
+    Python swallows that exception (a signal landing inside a garbage-collection
+    callback, such as JAX's, whose exceptions are only reported), the loop finds the
+    note after the chunk and stops then, and the swallowed exception is not reported.
+    Several processes: the signals are only noted, and the processes agree after each
+    chunk (see `_any_process`), so that all of them save the same step together."""
     received: list[int] = []
 
     def stop(signum, frame):
-        if several:
-            received.append(signum)
-        else:
-            raise Terminated()
+        received.append(signum)
+        if not several:
+            raise _STOP_SIGNALS[signum]()
 
-    signals = (signal.SIGINT, signal.SIGTERM) if several else (signal.SIGTERM,)
+    def unraisable(info):  # a stop request swallowed where exceptions cannot propagate
+        if not (received and isinstance(info.exc_value, KeyboardInterrupt)):
+            previous_hook(info)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
     try:
         previous = {sig: signal.signal(sig, stop) for sig in signals}
     except ValueError:  # not the main thread
         yield received
         return
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield received
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -388,10 +397,11 @@ def run_loop(
                         on_log(row)
                 if checkpoint_every and (step % checkpoint_every == 0 or step == num_steps):
                     run_dir.save(step, state)
-                if several and (asked := _any_process(received)) is not None:
+                asked = _any_process(received) if several else min(received, default=None)
+                if asked is not None:  # every process stops after this chunk
                     if run_dir.latest_step() != step:
                         run_dir.save(step, state)
-                    raise _STOP_SIGNALS[asked]()  # every process stops after this chunk
+                    raise _STOP_SIGNALS[asked]()
                 if bar is not None:
                     bar.update(length)
                     bar.set_postfix(**postfix(row))
