@@ -15,7 +15,7 @@ committed CPU kernels.
 Also the compile time of the harness's unrolled group of 16 Caffe-network steps with
 reductions only in YNNPACK, with and without the loop emitters, and the run length after
 which the faster steps pay for the longer compile (extra compile seconds / seconds saved
-per step): the basis of `kernels.LOOP_EMITTERS_MIN_STEPS`.
+per step): why `kernels.compiler_options` does not use the loop emitters.
 
 Writes benchmarks/results/compiler_options_<backend>.json and its RESULTS.md section.
 """
@@ -158,9 +158,9 @@ def main():
         md += ["", f"Compiling the harness's group of {compile_seconds['group']} Caffe-network "
                f"steps with reductions only in YNNPACK: "
                f"{compile_seconds['ynn_reductions_only']:.1f} s with XLA's default emitters, "
-               f"{compile_seconds['both']:.1f} s with the loop emitters; the faster "
-               "steps repay the difference after "
-               + (f"~{even:.0f} steps." if even else "no number of steps.")]
+               f"{compile_seconds['both']:.1f} s with the loop emitters; "
+               + (f"their faster steps repay the difference after ~{even:.0f} steps."
+                  if even else "their steps are not faster, so nothing repays it.")]
     update_section(f"compiler_options_{backend}", "\n".join(md))
     print("\n".join(md))
 
