@@ -48,9 +48,11 @@ CATEGORIES = ("convolutions and matrix products", "reductions",
 
 def _hlo_instructions(dump: Path) -> dict[str, tuple[str, str]]:
     """Instruction name -> (its line, the body of the computation it calls) over every
-    optimised HLO module in ``dump``."""
+    optimised HLO module in ``dump``. Names can repeat across modules (the training
+    group and the epoch order are both ``jit__lambda``): the largest module wins."""
     found = {}
-    for path in glob.glob(str(dump / "*after_optimizations.txt")):
+    for path in sorted(glob.glob(str(dump / "*after_optimizations.txt")),
+                       key=lambda p: -os.path.getsize(p)):
         text = Path(path).read_text()
         bodies = {m.group(1): m.group(2) for m in
                   re.finditer(r"^%?(\S+) \([^\n]*\{\n(.*?)\n\}", text, re.M | re.S)}
