@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +83,25 @@ def test_range_test_cifar10_small(tmp_path):
     run("range_test_cifar10_small.py", "--data", str(sample), "--quick", "--out",
         str(tmp_path / "r.json"), "--images", str(tmp_path), cwd=tmp_path)
     assert (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("quality, subsampling, name", [(60, 0, "4:4:4"), (90, 2, "4:2:0")])
+def test_jpeg_copy(tmp_path, quality, subsampling, name):
+    from PIL import Image
+
+    # flat colours: JPEG keeps a flat block's colour to within rounding, so the decoded
+    # training mean is the colours' mean, and each channel's spread is the colours' spread
+    colours = np.array([[200, 40, 10], [10, 120, 250], [60, 60, 60]], np.float64)
+    for split, picks in (("train", colours), ("test", colours[:1])):
+        for i, colour in enumerate(picks):
+            folder = tmp_path / "data" / split / f"class{i}"
+            folder.mkdir(parents=True)
+            Image.new("RGB", (32, 32), tuple(int(c) for c in colour)).save(
+                folder / "0000.jpg", quality=quality, subsampling=subsampling)
+    run("jpeg_copy.py", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "j.json"),
+        cwd=tmp_path)
+    result = json.loads((tmp_path / "j.json").read_text())
+    assert result["images"] == {"train": 3, "test": 1}
+    assert result["encoder_settings"] == {f"quality {quality}, {name}": 4}
+    np.testing.assert_allclose(result["train_mean"], colours.mean(0) / 255, atol=2 / 255)
+    np.testing.assert_allclose(result["train_std"], colours.std(0) / 255, atol=2 / 255)

@@ -1,0 +1,126 @@
+"""How the JPEG copy of CIFAR-10 differs from the original release: its encoder settings
+and its pixel statistics.
+
+    python experiments/jpeg_copy.py --data ../shared/data/cifar10-jpg.tar.gz \
+        [--out experiments/results/jpeg_copy.json]
+
+(--data takes the archive, an image folder, or "sample" for the bundled sample.)
+
+The paper trained on Caffe's LMDB of the original (lossless) CIFAR-10 files; every result
+here is on a copy in which each image was JPEG-compressed once. This script reads, for
+every image in the archive, the JPEG quality (the libjpeg quality setting whose
+quantisation tables the file carries, found by encoding with each setting 1..100 and
+comparing tables) and the chroma subsampling (4:4:4, 4:2:2, 4:2:0), and compares the
+decoded training set's per-channel mean and standard deviation with the published
+statistics of the original training set. Writes one JSON file.
+"""
+
+import io
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from clr_jax.harness.data import bundled_sample_path
+
+from _common import RESULTS, experiment_parser, metadata, require_data, write_json
+
+# Per-channel mean and standard deviation (pixel values / 255) of the original CIFAR-10
+# training set, as published with most CIFAR-10 training code (for example
+# `transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))`).
+ORIGINAL_TRAIN_MEAN = (0.4914, 0.4822, 0.4465)
+ORIGINAL_TRAIN_STD = (0.2470, 0.2435, 0.2616)
+
+SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+
+
+def quality_tables() -> dict[tuple, int]:
+    """libjpeg's quantisation tables (as Pillow reads them back) -> quality setting."""
+    from PIL import Image
+
+    tables = {}
+    pattern = Image.fromarray(np.arange(192, dtype=np.uint8).reshape(8, 8, 3))
+    for quality in range(100, 0, -1):  # where two settings give one table, keep the lower
+        buffer = io.BytesIO()
+        pattern.save(buffer, "JPEG", quality=quality)
+        with Image.open(buffer) as image:
+            tables[_key(image)] = quality
+    return tables
+
+
+def _key(image) -> tuple:
+    return tuple(tuple(image.quantization[i]) for i in sorted(image.quantization))
+
+
+def _jpegs(source: Path):
+    """(name, bytes) of every .jpg in a folder or a tar archive of one."""
+    if source.is_dir():
+        for path in sorted(source.rglob("*")):
+            if path.suffix.lower() in (".jpg", ".jpeg") and path.is_file():
+                yield str(path.relative_to(source)), path.read_bytes()
+        return
+    with tarfile.open(source, "r:*") as archive:
+        for member in archive:
+            if member.isfile() and Path(member.name).suffix.lower() in (".jpg", ".jpeg"):
+                yield member.name, archive.extractfile(member).read()
+
+
+def inspect(source: Path) -> dict:
+    """Encoder settings of every JPEG in ``source`` and its training split's statistics."""
+    from PIL import Image, JpegImagePlugin
+
+    known = quality_tables()
+    settings, splits = Counter(), Counter()
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    pixels = 0
+    for name, data in _jpegs(source):
+        parts = Path(name).parts
+        with Image.open(io.BytesIO(data)) as image:
+            quality = known.get(_key(image), "custom tables")
+            sampling = SUBSAMPLING.get(JpegImagePlugin.get_sampling(image), "other")
+            settings[f"quality {quality}, {sampling}"] += 1
+            split = parts[-3] if len(parts) >= 3 else ""
+            splits[split] += 1
+            if split == "train":
+                values = np.asarray(image.convert("RGB"), np.float64).reshape(-1, 3) / 255
+                total += values.sum(0)
+                total_sq += (values ** 2).sum(0)
+                pixels += len(values)
+    if not pixels:
+        raise SystemExit(f"no train/<class>/*.jpg images in {source}")
+    mean = total / pixels
+    std = np.sqrt(total_sq / pixels - mean ** 2)
+    return {
+        "images": dict(splits), "encoder_settings": dict(settings),
+        "train_mean": [round(float(m), 5) for m in mean],
+        "train_std": [round(float(s), 5) for s in std],
+        "original_train_mean": list(ORIGINAL_TRAIN_MEAN),
+        "original_train_std": list(ORIGINAL_TRAIN_STD),
+        "std_ratio_to_original": [round(float(s / o), 4) for s, o in
+                                  zip(std, ORIGINAL_TRAIN_STD)],
+    }
+
+
+def main(argv=None):
+    parser = experiment_parser(__doc__)
+    parser.add_argument("--out", type=Path, default=RESULTS / "jpeg_copy.json")
+    args = parser.parse_args(argv)
+    require_data(parser, args)
+    source = bundled_sample_path() if args.data == "sample" else Path(args.data)
+    if not source.exists():
+        parser.error(f"--data {args.data}: no such file or folder")
+    try:
+        found = inspect(source)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        parser.error(f"cannot read {source}: {error}")
+    result = {"experiment": "jpeg_copy", "data": source.name, **found, **metadata()}
+    write_json(args.out, result)
+    for key in ("images", "encoder_settings", "train_mean", "original_train_mean",
+                "train_std", "original_train_std", "std_ratio_to_original"):
+        print(f"{key:22s} {result[key]}")
+
+
+if __name__ == "__main__":
+    main()
