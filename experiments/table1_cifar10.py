@@ -264,6 +264,13 @@ def report(args) -> dict:
         figure = plotting.plot_accuracy(
             figure1, target=target, figsize=(8.0, 4.0),
             title=f"Figure 1: CIFAR-10 (JPEG copy), {scale_text}")
+        axes = figure.axes[0]
+        for line in axes.get_lines():  # one colour per policy, seed 0 solid, others dashed
+            line_label = line.get_label()
+            if line_label.startswith(("fixed", "triangular2")):
+                line.set_color("C0" if line_label.startswith("fixed") else "C1")
+                line.set_linestyle("-" if line_label.endswith("seed 0") else "--")
+        axes.legend(fontsize="small")
         plotting.save_figure(figure, images_dir / f"figure1_cifar10_{label}.png")
     return result
 
