@@ -74,8 +74,15 @@ def run_sweep(config, dataset, members, folder: Path, progress: bool) -> dict:
     started = time.perf_counter()
     summary = sweep(config, dataset, members, folder, resume=resume, overwrite=not resume,
                     progress=progress)
-    summary["wall_seconds_total"] = time.perf_counter() - started
+    summary["wall_seconds_last_part"] = time.perf_counter() - started
     return summary
+
+
+def last_part_seconds(summary: dict) -> float | None:
+    """Wall seconds of a run's last part (since it was started or last resumed, setup
+    included): its whole wall time only if it never stopped. Older result files call it
+    wall_seconds_total."""
+    return summary.get("wall_seconds_last_part", summary.get("wall_seconds_total"))
 
 
 def accuracy_at(member: dict, step: int):

@@ -23,7 +23,7 @@ length (a GPU job); smaller scales shorten every length and step size.
 import json
 import os
 
-from _common import RESULTS, accuracy_at, data_name, experiment_parser, metadata, require_data, run_sweep
+from _common import RESULTS, accuracy_at, data_name, experiment_parser, last_part_seconds, metadata, require_data, run_sweep
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.sweep import Member
 from clr_jax.harness.train import TrainConfig
@@ -75,7 +75,7 @@ def main(argv=None):
             "triangular_at_25k": accuracy_at(tri, s(25_000)),
             "triangular_end": tri["final_test_accuracy"],
             "curves": {m["name"]: m["history"] for m in summary["members"]},
-            "wall_seconds": summary.get("wall_seconds_total"),
+            "wall_seconds_last_part": last_part_seconds(summary),
         }
         print(f"{name:9s} fixed {fixed['final_test_accuracy']:.4f}  triangular at 25k "
               f"{report['rows'][name]['triangular_at_25k']}  at end "

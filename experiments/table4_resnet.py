@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 import clr_jax
-from _common import RESULTS, data_name, experiment_parser, metadata, require_data, run_sweep
+from _common import RESULTS, data_name, experiment_parser, last_part_seconds, metadata, require_data, run_sweep
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.sweep import Member
 from clr_jax.harness.train import TrainConfig
@@ -60,7 +60,7 @@ def main(argv=None):
               "members": {m["name"]: {"final_test_accuracy": m["final_test_accuracy"],
                                       "best_test_accuracy": m["best_test_accuracy"],
                                       "history": m["history"]} for m in summary["members"]},
-              "wall_seconds": summary.get("wall_seconds_total"), **metadata()}
+              "wall_seconds_last_part": last_part_seconds(summary), **metadata()}
     (out / f"{tag}.json").write_text(json.dumps(report, indent=1))
     for name, m in report["members"].items():
         print(f"{name:12s} final {m['final_test_accuracy']:.4f} best {m['best_test_accuracy']:.4f}")
