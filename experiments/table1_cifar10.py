@@ -51,6 +51,12 @@ from clr_jax.policies import make_schedule, staged
 OUT = Path(__file__).resolve().parent / "results" / "table1"
 
 
+def _policies_text() -> str:
+    """The docstring's list of policies, lengths and assumptions (stored in the result file)."""
+    text = __doc__.split("Policies and lengths (iterations) at --scale 1.0")[1]
+    return text.split("\n--scale multiplies")[0].split(":", 1)[1].strip()
+
+
 def policies(scale: float):
     s = lambda n: max(1, round(n * scale))  # noqa: E731
     return {
@@ -220,7 +226,7 @@ def report(args) -> dict:
     result = {"experiment": "table1_cifar10", "scale": args.scale, "scale_text": scale_text,
               "data": "CIFAR-10 (JPEG copy)", "target_fixed_final": target,
               "equal_budget_steps": budget, "policies": runs,
-              "assumptions": __doc__.split("Policies and lengths")[1].split("--scale")[0],
+              "assumptions": _policies_text(),
               **metadata()}
     results_dir = args.report_dir or Path(__file__).resolve().parent / "results"
     images_dir = args.report_dir or Path(__file__).resolve().parents[1] / "docs" / "images"

@@ -44,6 +44,10 @@ def test_table1(tmp_path):
     assert report["target_fixed_final"] == fixed["final_test_accuracy"]
     assert fixed["steps_to_fixed_final"] <= 35
     assert (tmp_path / "table1_cifar10_0.0005.md").read_text().count("| ") > 3
+    # the result file carries the policies' settings and the assumptions made
+    for policy in ("fixed:", "triangular2:", "decay:", "exp:", "exp_range_amplitude"):
+        assert policy in report["assumptions"]
+    assert "assumption" in report["assumptions"]
     # finished policies are not trained again; the report is rebuilt from their files
     run("table1_cifar10.py", "--data", "sample", "--scale", "0.0005", "--policies", "fixed",
         "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path), "--report-only",
