@@ -31,3 +31,23 @@ def test_readme_quotes_the_committed_demo_report():
     assert f"{summary['steps']} steps" in readme
     paper = next(b for b in summary["bounds"] if b["method"] == "paper")
     assert f"{paper['base_lr']:.3f}-{paper['max_lr']:.3f}" in readme
+
+
+def test_readmes_quote_the_committed_table1_at_paper_scale():
+    """Every finished paper-scale Table 1 run's final accuracy, as the result file has it, is
+    quoted in the README's "Results against the paper" and in experiments/README.md."""
+    import json
+
+    result = json.loads((ROOT / "experiments/results/table1_cifar10_1.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    experiments = " ".join((ROOT / "experiments/README.md").read_text().split())
+    for name, run in result["policies"].items():
+        final = f"{100 * run['final_test_accuracy']:.1f}"
+        assert f"{final}% after {run['steps']:,} it." in readme, name
+        paper = "-" if run["paper_accuracy"] is None else run["paper_accuracy"]
+        assert f"**{final}** ({paper})" in experiments, name
+        for seed_run in run.get("seeds", {}).get("runs", []):
+            assert f"seed 1: {100 * seed_run['final_test_accuracy']:.1f}%" in readme, name
+    fixed, tri = result["policies"]["fixed"], result["policies"]["triangular2"]
+    assert f"| Fixed at 25,000 iterations | {100 * fixed['accuracy_at_equal_budget']:.1f}%" in readme
+    assert f"| {tri['fixed_steps_to_this_final']:,} (both seeds) |" in readme
