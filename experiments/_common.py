@@ -4,8 +4,11 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -25,6 +28,21 @@ def experiment_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--data", default=os.environ.get("CLR_JAX_DATA"),
                         help="the CIFAR-10 image folder or .tar.gz (or $CLR_JAX_DATA)")
     return parser
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Runs an experiment's ``main``; a Ctrl-C or SIGTERM ends it with one line instead of
+    a traceback (the training loop has already saved a checkpoint, and finished runs keep
+    their result files) and the shell's exit status (130 or 143)."""
+    try:
+        main()
+    except KeyboardInterrupt as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C on the way out
+        terminated = type(stop).__name__ == "Terminated"  # clr_jax.harness.rundir's
+        print(f"{Path(sys.argv[0]).name}: {'stopped by SIGTERM' if terminated else 'interrupted'}"
+              "; finished runs and the last checkpoint are kept: run the same command again"
+              " to resume", file=sys.stderr)
+        raise SystemExit(143 if terminated else 130) from None
 
 
 def require_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ metrics.jsonl, learning_curves.png).
 
 from pathlib import Path
 
-from _common import experiment_parser, require_data
+from _common import experiment_parser, require_data, run_main
 
 from clr_jax import plotting
 from clr_jax.harness import TrainConfig, load_dataset, read_metrics
@@ -43,4 +43,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import experiment_parser, metadata, require_data
+from _common import experiment_parser, metadata, require_data, run_main
 
 import clr_jax
 from clr_jax import plotting
@@ -115,4 +115,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

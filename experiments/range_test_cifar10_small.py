@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from _common import experiment_parser, require_data
+from _common import experiment_parser, require_data, run_main
 
 import clr_jax
 from clr_jax import plotting
@@ -179,4 +179,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

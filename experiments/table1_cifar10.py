@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import optax
-from _common import commit, experiment_parser, last_part_seconds, metadata, require_data, write_json
+from _common import (
+    commit, experiment_parser, last_part_seconds, metadata, require_data, run_main, write_json)
 
 import clr_jax
 from clr_jax.harness import TrainConfig, load_dataset
@@ -282,4 +283,4 @@ def report(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

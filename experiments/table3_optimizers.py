@@ -23,7 +23,9 @@ length (a GPU job); smaller scales shorten every length and step size.
 import json
 import os
 
-from _common import RESULTS, accuracy_at, data_name, experiment_parser, last_part_seconds, metadata, require_data, run_sweep
+from _common import (
+    RESULTS, accuracy_at, data_name, experiment_parser, last_part_seconds, metadata,
+    require_data, run_main, run_sweep)
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.sweep import Member
 from clr_jax.harness.train import TrainConfig
@@ -87,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

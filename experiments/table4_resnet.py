@@ -21,7 +21,9 @@ import os
 from pathlib import Path
 
 import clr_jax
-from _common import RESULTS, data_name, experiment_parser, last_part_seconds, metadata, require_data, run_sweep
+from _common import (
+    RESULTS, data_name, experiment_parser, last_part_seconds, metadata, require_data, run_main,
+    run_sweep)
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.sweep import Member
 from clr_jax.harness.train import TrainConfig
@@ -67,4 +69,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -109,3 +109,21 @@ def test_jpeg_copy(tmp_path, quality, subsampling, name):
     assert result["encoder_settings"] == {f"quality {quality}, {name}": 4}
     np.testing.assert_allclose(result["train_mean"], colours.mean(0) / 255, atol=2 / 255)
     np.testing.assert_allclose(result["train_std"], colours.std(0) / 255, atol=2 / 255)
+
+
+@pytest.mark.parametrize("stop, code, said", [("Terminated()", 143, "stopped by SIGTERM"),
+                                              ("KeyboardInterrupt()", 130, "interrupted")])
+def test_a_stopped_experiment_says_so_in_one_line(tmp_path, stop, code, said):
+    """Ctrl-C or SIGTERM (which the training loop turns into these, after saving a
+    checkpoint) ends an experiment script with one line and the shell's status."""
+    script = ("from _common import run_main\n"
+              "from clr_jax.harness.rundir import Terminated\n"
+              "def main():\n"
+              f"    raise {stop}\n"
+              "run_main(main)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "experiments")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == code
+    assert "Traceback" not in done.stderr
+    assert said in done.stderr and "run the same command again to resume" in done.stderr
