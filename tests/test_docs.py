@@ -51,3 +51,20 @@ def test_readmes_quote_the_committed_table1_at_paper_scale():
     fixed, tri = result["policies"]["fixed"], result["policies"]["triangular2"]
     assert f"| Fixed at 25,000 iterations | {100 * fixed['accuracy_at_equal_budget']:.1f}%" in readme
     assert f"| {tri['fixed_steps_to_this_final']:,} (both seeds) |" in readme
+
+
+def test_readme_quotes_the_committed_figure3_and_scaled_down_table1():
+    """The README's Figure 3 bounds (8 epochs) and its x0.02 Table 1 accuracies are the
+    committed result files'."""
+    import json
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    figure3 = json.loads((ROOT / "experiments/results/figure3_range_test_paper.json")
+                         .read_text())["bounds"]["paper"]
+    assert f"base {figure3['base_lr']:.4f}, max {figure3['max_lr']:.4f}" in readme
+    small = json.loads((ROOT / "experiments/results/table1_cifar10_0.02.json").read_text())
+    final = {name: f"{100 * run['final_test_accuracy']:.1f}%"
+             for name, run in small["policies"].items()}
+    assert (f"fixed {final['fixed']}, triangular2 {final['triangular2']}, decay "
+            f"{final['decay']}, exp {final['exp']}, exp_range {final['exp_range_amplitude']}"
+            f" / {final['exp_range_both']}") in readme
