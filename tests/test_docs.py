@@ -68,3 +68,24 @@ def test_readme_quotes_the_committed_figure3_and_scaled_down_table1():
     assert (f"fixed {final['fixed']}, triangular2 {final['triangular2']}, decay "
             f"{final['decay']}, exp {final['exp']}, exp_range {final['exp_range_amplitude']}"
             f" / {final['exp_range_both']}") in readme
+
+
+def test_readme_quotes_the_committed_benchmarks():
+    """The README's speed claims are the committed benchmark results'."""
+    import json
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    results = ROOT / "benchmarks/results"
+    overhead = json.loads((results / "range_test_overhead.json").read_text())
+    assert (f"median {overhead['ratio_median']:.2f}x of plain training's wall time, range "
+            f"{overhead['ratio_min']:.2f}-{overhead['ratio_max']:.2f} over "
+            f"{overhead['repeats']} pairs") in readme
+    finder = json.loads((results / "range_test_vs_lr_finder_cpu.json").read_text())
+    second = finder["ratios_to_torch_lr_finder"]["clr_jax_second_call"]["median"]
+    assert f"a second test runs at {second:.2f}x torch-lr-finder's wall time" in readme
+    lengths = json.loads((results / "vs_pytorch_cpu.json").read_text())["lengths"]
+    first = [length["summary"]["clr_jax_first_run"] for length in lengths.values()]
+    steady = sorted(f"{run['speed_vs_pytorch_steady']:.2f}" for run in first)
+    assert f"at {steady[0]}-{steady[-1]}x PyTorch's images/s in steady state" in readme
+    wall = {f"{1 / run['speed_vs_pytorch_whole_job']:.1f}" for run in first}
+    assert len(wall) == 1 and f"takes {wall.pop()}x its wall time for a 1,000- or" in readme
