@@ -4,6 +4,7 @@ quotes the committed results it names."""
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,3 +90,37 @@ def test_readme_quotes_the_committed_benchmarks():
     assert f"at {steady[0]}-{steady[-1]}x PyTorch's images/s in steady state" in readme
     wall = {f"{1 / run['speed_vs_pytorch_whole_job']:.1f}" for run in first}
     assert len(wall) == 1 and f"takes {wall.pop()}x its wall time for a 1,000- or" in readme
+
+
+def test_guides_quote_the_committed_experiments():
+    """The guides' numbers from experiment runs are the committed result files'."""
+    import json
+
+    def page(name):
+        return " ".join((ROOT / "docs/guide" / name).read_text().split())
+
+    results = ROOT / "experiments/results"
+    table = (results / "sweep_cifar10_cpu/table.md").read_text()
+    assert table.split("\n\n")[0].strip() in (ROOT / "docs/guide/sweeps.md").read_text()
+
+    tests = json.loads((results / "range_test_cifar10_small.json").read_text())["tests"]
+    def by_rule(test):
+        return {bound["method"]: bound for bound in tests[test]["bounds"]}
+
+    linear = by_rule("linear")
+    text = page("range_test.md")
+    assert (f"({linear['paper']['base_lr']:.4f} to {linear['paper']['max_lr']:.3f}; "
+            f"`\"paper_peak\"` {linear['paper_peak']['base_lr']:.4f} to "
+            f"{linear['paper_peak']['max_lr']:.3f})") in text
+    for rule, bound in by_rule("exponential").items():  # two significant digits
+        max_lr = np.format_float_positional(bound["max_lr"], precision=2, fractional=False,
+                                            trim="k")
+        assert f"{max_lr} (`\"{rule}\"`)" in text, rule
+
+    rows = [json.loads(line) for line in
+            (results / "caffe_cifar10_cpu/metrics.jsonl").read_text().splitlines()]
+    accuracy = {row["step"]: row["test_accuracy"] for row in rows if "test_accuracy" in row}
+    text = page("training.md")
+    assert (f"rose from {100 * accuracy[250]:.1f}% at iteration 250 to "
+            f"{100 * accuracy[1000]:.1f}% at 1,000, {100 * accuracy[2000]:.1f}% at 2,000 and "
+            f"{100 * accuracy[3000]:.1f}% at 3,000") in text
