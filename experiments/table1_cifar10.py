@@ -279,7 +279,48 @@ def report(args) -> dict:
                 line.set_linestyle("-" if line_label.endswith("seed 0") else "--")
         axes.legend(fontsize="small")
         plotting.save_figure(figure, images_dir / f"figure1_cifar10_{label}.png")
+    if args.scale == 1:  # only at the paper's own lengths is the paper's column comparable
+        plotting.save_figure(_against_paper(runs), images_dir / "table1_cifar10_vs_paper.png")
     return result
+
+
+def _against_paper(runs: dict):
+    """Each finished policy's final accuracy beside the paper's, every seed shown."""
+    from clr_jax import plotting
+
+    names = list(runs)[::-1]
+    figure = plotting.figure(figsize=(7.0, 0.55 * len(names) + 1.2))
+    axes = figure.add_subplot()
+    rows = np.arange(len(names))
+    ours = [100 * runs[n].get("seeds", {}).get("mean", runs[n]["final_test_accuracy"])
+            for n in names]
+    paper = [runs[n]["paper_accuracy"] or np.nan for n in names]
+    axes.barh(rows + 0.2, ours, height=0.4, color="C0", label="clr_jax (seed mean)")
+    axes.barh(rows - 0.2, paper, height=0.4, color="0.7", label="the paper")
+    for row, name in zip(rows, names):
+        finals = runs[name].get("seeds", {}).get("final_test_accuracy",
+                                                  [runs[name]["final_test_accuracy"]])
+        axes.plot([100 * a for a in finals], [row + 0.2] * len(finals), "k|", markersize=9,
+                  label="each seed" if row == rows[-1] else None)
+        axes.annotate(f"{ours[row]:.1f}", (max(ours[row], 100 * max(finals)), row + 0.2),
+                      xytext=(4, 0),
+                      textcoords="offset points", va="center", fontsize="small")
+        if not np.isnan(paper[row]):
+            axes.annotate(f"{paper[row]:.1f}", (paper[row], row - 0.2), xytext=(3, 0),
+                          textcoords="offset points", va="center", fontsize="small")
+    for row in rows:
+        if np.isnan(paper[row]):
+            axes.annotate("no number in the paper", (0, row - 0.2), xytext=(4, 0),
+                          xycoords=("axes fraction", "data"), textcoords="offset points",
+                          va="center", fontsize="small", color="0.4")
+    axes.set_yticks(rows, [f"{n} ({runs[n]['steps']:,} it.)" for n in names])
+    low = min(min(ours), np.nanmin(paper)) if not np.all(np.isnan(paper)) else min(ours)
+    axes.set_xlim(np.floor(low / 5) * 5 - 5, 85)
+    axes.set_xlabel("final test accuracy % (CIFAR-10; ours on the JPEG copy)")
+    axes.set_title("Table 1 at the paper's scale: clr_jax against the paper")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize="small")
+    axes.grid(axis="x", alpha=0.3)
+    return figure
 
 
 if __name__ == "__main__":

@@ -127,3 +127,23 @@ def test_a_stopped_experiment_says_so_in_one_line(tmp_path, stop, code, said):
     assert done.returncode == code
     assert "Traceback" not in done.stderr
     assert said in done.stderr and "run the same command again to resume" in done.stderr
+
+
+def test_table1_against_the_paper_figure(monkeypatch):
+    """The paper-scale comparison draws one bar per policy for us and one per paper number,
+    and a mark for every seed."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import table1_cifar10
+
+    runs = {"fixed": {"final_test_accuracy": 0.80, "paper_accuracy": 81.4, "steps": 70_000,
+                      "seeds": {"mean": 0.799, "final_test_accuracy": [0.80, 0.798]}},
+            "triangular": {"final_test_accuracy": 0.74, "paper_accuracy": None,
+                           "steps": 25_000}}
+    axes = table1_cifar10._against_paper(runs).axes[0]
+    widths = [bar.get_width() for bar in axes.patches]
+    assert sorted(round(w, 3) for w in widths if not np.isnan(w)) == [74.0, 79.9, 81.4]
+    assert sum(np.isnan(widths)) == 1  # triangular: no number in the paper
+    assert [t.get_text() for t in axes.get_yticklabels()] == [
+        "triangular (25,000 it.)", "fixed (70,000 it.)"]
+    seed_marks = [line for line in axes.get_lines() if line.get_marker() == "|"]
+    assert sorted(len(line.get_xdata()) for line in seed_marks) == [1, 2]
