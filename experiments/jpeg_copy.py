@@ -3,6 +3,9 @@ and its pixel statistics.
 
     python experiments/jpeg_copy.py --data ../shared/data/cifar10-jpg.tar.gz \
         [--out experiments/results/jpeg_copy.json]
+    python experiments/jpeg_copy.py --data ../shared/data/cifar10-jpg.tar.gz \
+        --reencode 50 --write /tmp/cifar10-q50.tar.gz \
+        [--out experiments/results/jpeg_reencode_q50.json]
 
 (--data takes the archive, an image folder, or "sample" for the bundled sample.)
 
@@ -13,6 +16,13 @@ quantisation tables the file carries, found by encoding with each setting 1..100
 comparing tables) and the chroma subsampling (4:4:4, 4:2:2, 4:2:0), and compares the
 decoded training set's per-channel mean and standard deviation with the published
 statistics of the original training set. Writes one JSON file.
+
+With --reencode QUALITY it instead writes a second archive (--write, same layout and
+names) in which every image is decoded and JPEG-compressed once more at QUALITY with
+4:2:0 chroma subsampling, and records how far the re-encoded pixels are from the copy's
+(mean squared error and PSNR over all pixels): training on such copies measures how
+accuracy responds to added compression, which bounds what the copy's own compression
+can cost (experiments/README.md, "The JPEG copy's share").
 """
 
 import io
@@ -103,23 +113,76 @@ def inspect(source: Path) -> dict:
     }
 
 
+def reencode(source: Path, dest: Path, quality: int) -> dict:
+    """Write every image of ``source``, decoded and JPEG-encoded again at ``quality``
+    (4:2:0), to the tar.gz archive ``dest`` under the same name; return the images'
+    count and the re-encoded pixels' distance from the decoded originals."""
+    from PIL import Image
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    squared, pixels, images = 0.0, 0, 0
+    with tarfile.open(tmp, "w:gz") as archive:
+        for name, data in _jpegs(source):
+            with Image.open(io.BytesIO(data)) as image:
+                before = image.convert("RGB")
+            buffer = io.BytesIO()
+            before.save(buffer, "JPEG", quality=quality, subsampling=2)
+            encoded = buffer.getvalue()
+            with Image.open(io.BytesIO(encoded)) as image:
+                after = np.asarray(image.convert("RGB"), np.float64)
+            squared += float(((after - np.asarray(before, np.float64)) ** 2).sum())
+            pixels += after.size
+            images += 1
+            member = tarfile.TarInfo(name)
+            member.size = len(encoded)
+            archive.addfile(member, io.BytesIO(encoded))
+    if not images:
+        tmp.unlink()
+        raise SystemExit(f"no .jpg images in {source}")
+    tmp.replace(dest)
+    mse = squared / pixels
+    return {"reencode_quality": quality, "images_reencoded": images,
+            "mse_to_copy": round(mse, 4),
+            "psnr_to_copy_db": round(float(10 * np.log10(255 ** 2 / mse)), 3)}
+
+
 def main(argv=None):
     parser = experiment_parser(__doc__)
-    parser.add_argument("--out", type=Path, default=RESULTS / "jpeg_copy.json")
+    parser.add_argument("--out", type=Path,
+                        help="result JSON (default: results/jpeg_copy.json, or "
+                             "results/jpeg_reencode_q<QUALITY>.json with --reencode)")
+    parser.add_argument("--reencode", type=int, metavar="QUALITY",
+                        help="write a copy re-encoded at this JPEG quality (1-95) to --write")
+    parser.add_argument("--write", type=Path, metavar="ARCHIVE",
+                        help="where --reencode writes its .tar.gz archive")
     args = parser.parse_args(argv)
     require_data(parser, args)
+    if args.reencode is not None:
+        if not 1 <= args.reencode <= 95:
+            parser.error(f"--reencode {args.reencode}: a JPEG quality is 1 to 95")
+        if args.write is None:
+            parser.error("--reencode needs --write ARCHIVE (where the re-encoded copy goes)")
+    elif args.write is not None:
+        parser.error("--write is only used with --reencode QUALITY")
     source = bundled_sample_path() if args.data == "sample" else Path(args.data)
     if not source.exists():
         parser.error(f"--data {args.data}: no such file or folder")
+    if args.write is not None and args.write.resolve() == source.resolve():
+        parser.error("--write must not be the --data archive itself")
     try:
-        found = inspect(source)
+        if args.reencode is None:
+            found, name = inspect(source), "jpeg_copy"
+        else:
+            found, name = reencode(source, args.write, args.reencode), "jpeg_reencode"
     except (tarfile.TarError, OSError, EOFError) as error:
         parser.error(f"cannot read {source}: {error}")
-    result = {"experiment": "jpeg_copy", "data": source.name, **found, **metadata()}
-    write_json(args.out, result)
-    for key in ("images", "encoder_settings", "train_mean", "original_train_mean",
-                "train_std", "original_train_std", "std_ratio_to_original"):
-        print(f"{key:22s} {result[key]}")
+    out = args.out or RESULTS / (f"{name}.json" if args.reencode is None
+                                 else f"{name}_q{args.reencode}.json")
+    result = {"experiment": name, "data": source.name, **found, **metadata()}
+    write_json(out, result)
+    for key, value in found.items():
+        print(f"{key:22s} {value}")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,59 @@ def test_jpeg_copy(tmp_path, quality, subsampling, name):
     np.testing.assert_allclose(result["train_std"], colours.std(0) / 255, atol=2 / 255)
 
 
+def test_jpeg_copy_reencode(tmp_path):
+    """--reencode writes the same names at the asked quality (4:2:0), and its distance
+    from the copy is the one two independent decodes of the archives give."""
+    import tarfile
+    from io import BytesIO
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", 2), ("test", 1)):
+        for i in range(classes):
+            folder = tmp_path / "data" / split / f"class{i}"
+            folder.mkdir(parents=True)
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / "0000.jpg", quality=90)
+    archive = tmp_path / "q30.tar.gz"
+    run("jpeg_copy.py", "--data", str(tmp_path / "data"), "--reencode", "30", "--write",
+        str(archive), "--out", str(tmp_path / "r.json"), cwd=tmp_path)
+    result = json.loads((tmp_path / "r.json").read_text())
+    squared, count = 0.0, 0
+    with tarfile.open(archive) as tar:
+        names = sorted(m.name for m in tar.getmembers())
+        assert names == ["test/class0/0000.jpg", "train/class0/0000.jpg",
+                         "train/class1/0000.jpg"]
+        for name in names:
+            with Image.open(BytesIO(tar.extractfile(name).read())) as image:
+                after = np.asarray(image.convert("RGB"), np.float64)
+            with Image.open(tmp_path / "data" / name) as image:
+                before = np.asarray(image.convert("RGB"), np.float64)
+            squared += ((after - before) ** 2).sum()
+            count += after.size
+    assert result["images_reencoded"] == 3
+    assert result["mse_to_copy"] == pytest.approx(squared / count, abs=1e-3)
+    assert result["psnr_to_copy_db"] == pytest.approx(
+        10 * np.log10(255 ** 2 / (squared / count)), abs=1e-2)
+    run("jpeg_copy.py", "--data", str(archive), "--out", str(tmp_path / "j.json"),
+        cwd=tmp_path)
+    settings = json.loads((tmp_path / "j.json").read_text())["encoder_settings"]
+    assert settings == {"quality 30, 4:2:0": 3}
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--reencode", "50"], "--reencode needs --write"),
+    (["--write", "x.tar.gz"], "--write is only used with --reencode"),
+    (["--reencode", "0", "--write", "x.tar.gz"], "a JPEG quality is 1 to 95"),
+])
+def test_jpeg_copy_reencode_bad_flags(tmp_path, args, said):
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "jpeg_copy.py"),
+                           "--data", "sample", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("stop, code, said", [("Terminated()", 143, "stopped by SIGTERM"),
                                               ("KeyboardInterrupt()", 130, "interrupted")])
 def test_a_stopped_experiment_says_so_in_one_line(tmp_path, stop, code, said):
