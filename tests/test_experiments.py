@@ -164,6 +164,42 @@ def test_jpeg_copy_reencode_bad_flags(tmp_path, args, said):
     assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr
 
 
+def test_jpeg_dose(tmp_path):
+    """The dose-response trains the policy on the copy and on a re-encoded copy, and
+    reports each re-encode's distance and its change from the copy's run."""
+    run("jpeg_dose.py", "--data", "sample", "--qualities", "50", "--scale", "0.002",
+        "--model", "mlp", "--batch-size", "20", "--out", str(tmp_path / "out"), "--work",
+        str(tmp_path / "work"), "--report-dir", str(tmp_path / "rep"), "--no-progress",
+        cwd=tmp_path)
+    result = json.loads((tmp_path / "rep" / "jpeg_dose_0.002.json").read_text())
+    distance = json.loads((tmp_path / "rep" / "jpeg_reencode_q50.json").read_text())
+    copy = result["runs"]["copy (quality 75), seed 0"]
+    dosed = result["runs"]["re-encoded at quality 50, seed 0"]
+    assert dosed["mse_to_copy"] == distance["mse_to_copy"] > 0
+    for row, folder in ((copy, "copy"), (dosed, "q50")):
+        summary = json.loads(
+            (tmp_path / "out" / folder / "triangular2" / "summary.json").read_text())
+        assert row["final_test_accuracy"] == summary["final_test_accuracy"]
+        assert row["steps"] == 50  # 25,000 x 0.002
+    assert dosed["change_from_copy_seed0"] == pytest.approx(
+        dosed["final_test_accuracy"] - copy["final_test_accuracy"])
+    assert (tmp_path / "work" / "cifar10-q50.tar.gz").exists()
+    assert (tmp_path / "rep" / "jpeg_dose_0.002.png").exists()
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--qualities", "80"], "below the copy's own quality 75"),
+    (["--qualities", "fifty"], "give whole numbers"),
+    (["--policy", "cosine"], "choose from fixed"),
+    (["--baseline", "nowhere", "--report-only"], "--baseline nowhere: no such folder"),
+])
+def test_jpeg_dose_bad_flags(tmp_path, args, said):
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "jpeg_dose.py"),
+                           "--data", "sample", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("stop, code, said", [("Terminated()", 143, "stopped by SIGTERM"),
                                               ("KeyboardInterrupt()", 130, "interrupted")])
 def test_a_stopped_experiment_says_so_in_one_line(tmp_path, stop, code, said):
