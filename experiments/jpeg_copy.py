@@ -15,7 +15,12 @@ every image in the archive, the JPEG quality (the libjpeg quality setting whose
 quantisation tables the file carries, found by encoding with each setting 1..100 and
 comparing tables) and the chroma subsampling (4:4:4, 4:2:2, 4:2:0), and compares the
 decoded training set's per-channel mean and standard deviation with the published
-statistics of the original training set. Writes one JSON file.
+statistics of the original training set. It also estimates what the copy's one
+compression did to the pixels (first_encode_mse_estimate): each decoded image encoded
+again with its own settings after a shift of 3 pixels, so that the 8x8 blocks no longer
+line up and the encode acts as a first one (the original files are not here to compare
+with; the decoded copy is a little smoother than they are, so this is likely an
+underestimate). Writes one JSON file.
 
 With --reencode QUALITY it instead writes a second archive (--write, same layout and
 names) in which every image is decoded and JPEG-compressed once more at QUALITY with
@@ -43,6 +48,7 @@ ORIGINAL_TRAIN_MEAN = (0.4914, 0.4822, 0.4465)
 ORIGINAL_TRAIN_STD = (0.2470, 0.2435, 0.2616)
 
 SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+SHIFT = 3  # pixels; see _shifted_encode_error
 
 
 def quality_tables() -> dict[tuple, int]:
@@ -85,12 +91,18 @@ def inspect(source: Path) -> dict:
     total = np.zeros(3)
     total_sq = np.zeros(3)
     pixels = 0
+    squared, values_seen = 0.0, 0
     for name, data in _jpegs(source):
         parts = Path(name).parts
         with Image.open(io.BytesIO(data)) as image:
             quality = known.get(_key(image), "custom tables")
             sampling = SUBSAMPLING.get(JpegImagePlugin.get_sampling(image), "other")
             settings[f"quality {quality}, {sampling}"] += 1
+            if isinstance(quality, int) and sampling in SUBSAMPLING.values():
+                rgb = np.asarray(image.convert("RGB"))
+                squared += _shifted_encode_error(
+                    rgb, quality, {v: k for k, v in SUBSAMPLING.items()}[sampling])
+                values_seen += rgb.size
             split = parts[-3] if len(parts) >= 3 else ""
             splits[split] += 1
             if split == "train":
@@ -110,7 +122,31 @@ def inspect(source: Path) -> dict:
         "original_train_std": list(ORIGINAL_TRAIN_STD),
         "std_ratio_to_original": [round(float(s / o), 4) for s, o in
                                   zip(std, ORIGINAL_TRAIN_STD)],
+        **({"first_encode_mse_estimate": round(squared / values_seen, 4),
+            "first_encode_psnr_estimate_db": round(
+                float(10 * np.log10(255 ** 2 / (squared / values_seen))), 3)
+            if squared else None}
+           if values_seen else {}),
     }
+
+
+def _shifted_encode_error(rgb: np.ndarray, quality: int, subsampling: int,
+                          shift: int = SHIFT) -> float:
+    """Summed squared error of JPEG-encoding ``rgb`` once more with its own settings but
+    with the image moved ``shift`` pixels down and right (edges repeated): an estimate of
+    what one first encode at those settings does to CIFAR-like pixels. Re-encoding in
+    place would be nearly lossless (the coefficients already lie on the quantisation
+    grid); an odd shift lines up neither the 8x8 blocks nor the 2x2 colour pairs."""
+    from PIL import Image
+
+    pad = ((shift, 8 - shift), (shift, 8 - shift), (0, 0))
+    buffer = io.BytesIO()
+    Image.fromarray(np.pad(rgb, pad, mode="edge")).save(
+        buffer, "JPEG", quality=quality, subsampling=subsampling)
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        decoded = np.asarray(image.convert("RGB"), np.float64)
+    h, w = rgb.shape[:2]
+    return float(((decoded[shift:shift + h, shift:shift + w] - rgb) ** 2).sum())
 
 
 def reencode(source: Path, dest: Path, quality: int) -> dict:

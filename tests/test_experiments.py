@@ -109,6 +109,7 @@ def test_jpeg_copy(tmp_path, quality, subsampling, name):
     assert result["encoder_settings"] == {f"quality {quality}, {name}": 4}
     np.testing.assert_allclose(result["train_mean"], colours.mean(0) / 255, atol=2 / 255)
     np.testing.assert_allclose(result["train_std"], colours.std(0) / 255, atol=2 / 255)
+    assert result["first_encode_mse_estimate"] < 1  # flat colours survive an encode
 
 
 def test_jpeg_copy_reencode(tmp_path):
@@ -148,8 +149,13 @@ def test_jpeg_copy_reencode(tmp_path):
         10 * np.log10(255 ** 2 / (squared / count)), abs=1e-2)
     run("jpeg_copy.py", "--data", str(archive), "--out", str(tmp_path / "j.json"),
         cwd=tmp_path)
-    settings = json.loads((tmp_path / "j.json").read_text())["encoder_settings"]
-    assert settings == {"quality 30, 4:2:0": 3}
+    inspected = json.loads((tmp_path / "j.json").read_text())
+    assert inspected["encoder_settings"] == {"quality 30, 4:2:0": 3}
+    # the first-encode estimate grows as the quality falls (the noise images' own at 90)
+    run("jpeg_copy.py", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o.json"),
+        cwd=tmp_path)
+    at90 = json.loads((tmp_path / "o.json").read_text())["first_encode_mse_estimate"]
+    assert 0 < at90 < inspected["first_encode_mse_estimate"]
 
 
 @pytest.mark.parametrize("args, said", [
