@@ -78,6 +78,28 @@ def _copy_runs(baseline: Path, policy: str) -> dict:
     return runs
 
 
+def _extrapolate(rows: dict, args) -> dict:
+    """A line through the origin fitted to (added MSE, change in final accuracy) over the
+    re-encoded runs, and what it gives for the copy's own first compression (its MSE
+    estimated by jpeg_copy.py): a rough share of the copy in any shortfall, assuming
+    the cost grows in proportion to the error."""
+    dosed = [row for row in rows.values() if row["mse_to_copy"] > 0]
+    found = _results(args) / "jpeg_copy.json"
+    if not dosed:
+        return {}
+    mse = np.array([row["mse_to_copy"] for row in dosed])
+    change = np.array([row["change_from_copy_seed0"] for row in dosed])
+    slope = float((mse * change).sum() / (mse ** 2).sum())
+    out = {"change_per_unit_mse": slope,
+           "fit_residuals": [float(r) for r in change - slope * mse]}
+    if found.exists():
+        first = json.loads(found.read_text()).get("first_encode_mse_estimate")
+        if first is not None:
+            out.update(copy_first_encode_mse_estimate=first,
+                       copy_compression_cost_estimate=-slope * first)
+    return out
+
+
 def report(args, qualities: list[int]) -> dict:
     from clr_jax import plotting
 
@@ -105,7 +127,8 @@ def report(args, qualities: list[int]) -> dict:
     result = {
         "experiment": "jpeg_dose", "policy": args.policy, "scale": args.scale,
         "baseline": os.path.relpath(baseline.resolve(), ROOT),
-        "copy_seed_spread": max(finals) - min(finals), "runs": rows, **metadata()}
+        "copy_seed_spread": max(finals) - min(finals), **_extrapolate(rows, args),
+        "runs": rows, **metadata()}
     stem = f"jpeg_dose_{args.scale:g}"
     write_json(_results(args) / f"{stem}.json", result)
     lines = [f"# JPEG dose-response: {args.policy} at scale {args.scale:g}", "",
@@ -120,6 +143,14 @@ def report(args, qualities: list[int]) -> dict:
                      f"{100 * row['change_from_copy_seed0']:+.2f} |")
     lines += ["", f"Seed spread on the copy: {100 * result['copy_seed_spread']:.2f} points "
               f"({len(finals)} seed{'s' if len(finals) > 1 else ''})."]
+    if "change_per_unit_mse" in result:
+        lines += ["", f"A line through the origin: {100 * result['change_per_unit_mse']:+.4f} "
+                  "points per unit of added MSE (residuals "
+                  + ", ".join(f"{100 * r:+.2f}" for r in result["fit_residuals"]) + ")."]
+    if "copy_compression_cost_estimate" in result:
+        lines += [f"At that rate the copy's own compression (MSE about "
+                  f"{result['copy_first_encode_mse_estimate']:.1f}, jpeg_copy.json) costs about "
+                  f"{100 * result['copy_compression_cost_estimate']:.1f} points."]
     (_results(args) / f"{stem}.md").write_text("\n".join(lines) + "\n")
     fig = plotting.plot_accuracy(
         {name: (row["eval_steps"], row["test_accuracy"]) for name, row in rows.items()},

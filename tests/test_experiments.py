@@ -189,6 +189,9 @@ def test_jpeg_dose(tmp_path):
         assert row["steps"] == 50  # 25,000 x 0.002
     assert dosed["change_from_copy_seed0"] == pytest.approx(
         dosed["final_test_accuracy"] - copy["final_test_accuracy"])
+    # one re-encoded run: the line through the origin passes through it
+    assert result["change_per_unit_mse"] == pytest.approx(
+        dosed["change_from_copy_seed0"] / dosed["mse_to_copy"])
     assert (tmp_path / "work" / "cifar10-q50.tar.gz").exists()
     assert (tmp_path / "rep" / "jpeg_dose_0.002.png").exists()
 
