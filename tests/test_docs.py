@@ -54,6 +54,32 @@ def test_readmes_quote_the_committed_table1_at_paper_scale():
     assert f"| {tri['fixed_steps_to_this_final']:,} (both seeds) |" in readme
 
 
+def test_readmes_quote_the_committed_jpeg_dose():
+    """The JPEG dose-response numbers in both READMEs are the committed result files'."""
+    import json
+
+    results = ROOT / "experiments/results"
+    dose = json.loads((results / "jpeg_dose_1.json").read_text())
+    copy = json.loads((results / "jpeg_copy.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    experiments = " ".join((ROOT / "experiments/README.md").read_text().split())
+    changes = []
+    for row in dose["runs"].values():
+        change = f"{100 * row['change_from_copy_seed0']:.2f}"
+        if row["mse_to_copy"]:
+            assert (f"| re-encoded at quality {row['quality']} | {row['mse_to_copy']:.1f} "
+                    f"({row['psnr_to_copy_db']:.1f} dB) | "
+                    f"{100 * row['final_test_accuracy']:.2f} | {change} |") in experiments
+            changes.append(change.lstrip("-"))
+    assert f"costs triangular2 {changes[0]} and {changes[1]} points" in readme
+    cost = f"{100 * dose['copy_compression_cost_estimate']:.1f}"
+    assert f"about {cost} point" in readme and f"about **{cost} point**" in experiments
+    assert f"seed spread {100 * dose['copy_seed_spread']:.2f}" in readme
+    assert (f"MSE of {copy['first_encode_mse_estimate']:.1f} "
+            f"({copy['first_encode_psnr_estimate_db']:.1f} dB") in experiments
+    assert f"({100 * dose['change_per_unit_mse']:.3f} points per unit of MSE" in experiments
+
+
 def test_readme_quotes_the_committed_figure3_and_scaled_down_table1():
     """The README's Figure 3 bounds (8 epochs) and its x0.02 Table 1 accuracies are the
     committed result files'."""
