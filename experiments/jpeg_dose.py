@@ -13,8 +13,8 @@ folder results/jpeg_dose/q<Q>/<policy>, resumable), and compares it with the sam
 policy trained on the copy itself: the runs under --baseline (<policy> and any
 <policy>-seed<N>, whose spread is the seed spread), or, without --baseline, a seed-0 run
 that this script trains into results/jpeg_dose/copy/. Writes
-results/jpeg_dose_<scale>.json, a markdown table next to it and
-docs/images/jpeg_dose_<scale>.png.
+results/jpeg_dose_<policy>_<scale>.json, a markdown table next to it and
+docs/images/jpeg_dose_<policy>_<scale>.png.
 
 Why this bounds the copy's own compression: the copy was saved once at quality 75
 (results/jpeg_copy.json). libjpeg's quality 50 tables have quantisation steps twice as
@@ -129,7 +129,7 @@ def report(args, qualities: list[int]) -> dict:
         "baseline": os.path.relpath(baseline.resolve(), ROOT),
         "copy_seed_spread": max(finals) - min(finals), **_extrapolate(rows, args),
         "runs": rows, **metadata()}
-    stem = f"jpeg_dose_{args.scale:g}"
+    stem = f"jpeg_dose_{args.policy}_{args.scale:g}"
     write_json(_results(args) / f"{stem}.json", result)
     lines = [f"# JPEG dose-response: {args.policy} at scale {args.scale:g}", "",
              "| data | PSNR to the copy (dB) | MSE to the copy | final test accuracy % "

@@ -59,7 +59,7 @@ def test_readmes_quote_the_committed_jpeg_dose():
     import json
 
     results = ROOT / "experiments/results"
-    dose = json.loads((results / "jpeg_dose_1.json").read_text())
+    dose = json.loads((results / "jpeg_dose_triangular2_1.json").read_text())
     copy = json.loads((results / "jpeg_copy.json").read_text())
     readme = " ".join((ROOT / "README.md").read_text().split())
     experiments = " ".join((ROOT / "experiments/README.md").read_text().split())

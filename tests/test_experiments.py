@@ -177,7 +177,7 @@ def test_jpeg_dose(tmp_path):
         "--model", "mlp", "--batch-size", "20", "--out", str(tmp_path / "out"), "--work",
         str(tmp_path / "work"), "--report-dir", str(tmp_path / "rep"), "--no-progress",
         cwd=tmp_path)
-    result = json.loads((tmp_path / "rep" / "jpeg_dose_0.002.json").read_text())
+    result = json.loads((tmp_path / "rep" / "jpeg_dose_triangular2_0.002.json").read_text())
     distance = json.loads((tmp_path / "rep" / "jpeg_reencode_q50.json").read_text())
     copy = result["runs"]["copy (quality 75), seed 0"]
     dosed = result["runs"]["re-encoded at quality 50, seed 0"]
@@ -193,7 +193,7 @@ def test_jpeg_dose(tmp_path):
     assert result["change_per_unit_mse"] == pytest.approx(
         dosed["change_from_copy_seed0"] / dosed["mse_to_copy"])
     assert (tmp_path / "work" / "cifar10-q50.tar.gz").exists()
-    assert (tmp_path / "rep" / "jpeg_dose_0.002.png").exists()
+    assert (tmp_path / "rep" / "jpeg_dose_triangular2_0.002.png").exists()
 
 
 @pytest.mark.parametrize("args, said", [
