@@ -132,3 +132,23 @@ class TestAgainstPyTorch:
                                  three_phase=three_phase, div_factor=20.0,
                                  final_div_factor=500.0)
         np.testing.assert_allclose(values(ours, np.arange(total)), expected, rtol=2e-6)
+
+    @pytest.mark.parametrize("three_phase", [False, True])
+    def test_one_cycle_with_an_empty_warm_up(self, three_phase):
+        """pct_start * total_steps < 1: the warm-up ends before step 0, so OneCycleLR starts
+        on the way down, not at max_lr / div_factor (a case Hypothesis found)."""
+        param = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([param], lr=0.1)
+        total, pct = 10, 0.0625
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=1.0, total_steps=total, pct_start=pct, div_factor=1.0,
+            final_div_factor=2.0, three_phase=three_phase, cycle_momentum=False)
+        expected = []
+        for _ in range(total):
+            expected.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        ours = clr_jax.one_cycle(1.0, total, pct_start=pct, div_factor=1.0,
+                                 final_div_factor=2.0, three_phase=three_phase)
+        assert expected[0] < 1.0
+        np.testing.assert_allclose(values(ours, np.arange(total)), expected, rtol=2e-6)
