@@ -78,6 +78,14 @@ def test_readmes_quote_the_committed_jpeg_dose():
     assert (f"MSE of {copy['first_encode_mse_estimate']:.1f} "
             f"({copy['first_encode_psnr_estimate_db']:.1f} dB") in experiments
     assert f"({100 * dose['change_per_unit_mse']:.3f} points per unit of MSE" in experiments
+    fixed = json.loads((results / "jpeg_dose_fixed_1.json").read_text())
+    dosed = fixed["runs"]["re-encoded at quality 50, seed 0"]
+    change = f"{100 * dosed['change_from_copy_seed0']:.2f}"
+    assert (f"ends at {100 * dosed['final_test_accuracy']:.2f}% against "
+            + " / ".join(f"{100 * r['final_test_accuracy']:.2f}" for r in fixed["runs"].values()
+                         if r["mse_to_copy"] == 0)) in experiments
+    assert f"{change} points (seed spread {100 * fixed['copy_seed_spread']:.2f})" in experiments
+    assert f"({change.lstrip('-')} points;" in readme
 
 
 def test_readme_quotes_the_committed_figure3_and_scaled_down_table1():
