@@ -96,6 +96,33 @@ def run_sweep(config, dataset, members, folder: Path, progress: bool) -> dict:
     return summary
 
 
+def train_or_load(config, dataset, folder: Path, *, schedule=None, describe=None,
+                  progress: bool = True) -> dict:
+    """One resumable training run: its summary if it finished earlier, else the run,
+    resumed from its checkpoints where an earlier session stopped. The summary records
+    the commit the code ran from and the wall time of this last part."""
+    from clr_jax.harness.train import train
+
+    if (folder / "summary.json").exists():
+        return json.loads((folder / "summary.json").read_text())
+    resume = (folder / "checkpoints").exists()
+    started = time.perf_counter()
+    summary = train(config, dataset, folder, schedule=schedule, resume=resume,
+                    overwrite=not resume, progress=progress, describe=describe)
+    summary["wall_seconds_last_part"] = time.perf_counter() - started
+    summary["commit"] = commit()
+    write_json(folder / "summary.json", summary)
+    return summary
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl (none if it has not started)."""
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def last_part_seconds(summary: dict) -> float | None:
     """Wall seconds of a run's last part (since it was started or last resumed, setup
     included): its whole wall time only if it never stopped. Older result files call it

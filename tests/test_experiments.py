@@ -56,14 +56,30 @@ def test_table1(tmp_path):
 
 def test_table3(tmp_path):
     out = run("table3_optimizers.py", "--data", "sample", "--scale", "0.0002",
-              "--optimizers", "adam", "--out-dir", str(tmp_path), "--batch-size", "20",
-              "--model", "mlp",
-              "--no-progress", cwd=tmp_path)
+              "--runs", "adam-fixed,adam-triangular,nesterov-triangular",
+              "--out", str(tmp_path / "runs"), "--report-dir", str(tmp_path),
+              "--batch-size", "20", "--model", "mlp", "--no-progress", cwd=tmp_path)
     report = json.loads((tmp_path / "table3_optimizers_0.0002.json").read_text())
-    row = report["rows"]["adam"]
-    assert row["bounds"] == [0.0005, 0.002]
-    assert row["triangular_at_25k"] is not None  # 25,000 x 0.0002 = step 5 was evaluated
-    assert "adam" in out
+    adam, nesterov = report["rows"]["adam"], report["rows"]["nesterov"]
+    assert adam["bounds"] == [0.0005, 0.002]
+    assert adam["paper"] == {"fixed_70k": 81.4, "triangular_25k": 79.8, "triangular_70k": 81.1}
+    # 70,000 x 0.0002 = 14 iterations for fixed and Adam's triangular (the paper has a 70k
+    # column for it), 25,000 x 0.0002 = 5 for Nesterov's; the 25k column is read at step 5
+    assert adam["fixed"][0]["steps"] == 14 and adam["triangular"][0]["steps"] == 14
+    assert nesterov["triangular"][0]["steps"] == 5 and "fixed" not in nesterov
+    tri = adam["triangular"][0]
+    assert tri["at_25k"] == tri["test_accuracy"][tri["eval_steps"].index(5)]
+    assert "adam-triangular" in out
+    table = (tmp_path / "table3_optimizers_0.0002.md").read_text()
+    assert f"{100 * tri['at_25k']:.1f} (79.8)" in table
+    # a finished run is not trained again: the second call only reads its summary
+    metrics = (tmp_path / "runs" / "adam-fixed" / "metrics.jsonl").read_text()
+    again = run("table3_optimizers.py", "--data", "sample", "--scale", "0.0002",
+                "--runs", "adam-fixed", "--out", str(tmp_path / "runs"),
+                "--report-dir", str(tmp_path), "--batch-size", "20", "--model", "mlp",
+                "--no-progress", cwd=tmp_path)
+    assert "adam-fixed" in again
+    assert (tmp_path / "runs" / "adam-fixed" / "metrics.jsonl").read_text() == metrics
 
 
 @pytest.mark.parametrize("script, args", [
