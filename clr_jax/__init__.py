@@ -3,6 +3,7 @@
 Every public name is re-exported here; each has one import path.
 """
 
+from clr_jax.find import FoundBounds, find_bounds
 from clr_jax.momentum import with_cyclical_momentum
 from clr_jax.range_test import (
     ParallelRangeTestResult,
@@ -23,12 +24,15 @@ from clr_jax.schedules import (
     triangular,
     triangular2,
 )
-from clr_jax.suggest import Bounds, suggest_bounds
+from clr_jax.suggest import Bounds, BoundsError, Flag, suggest_bounds
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bounds",
+    "BoundsError",
+    "Flag",
+    "FoundBounds",
     "ParallelRangeTestResult",
     "RangeTestResult",
     "cyclical",
@@ -36,6 +40,7 @@ __all__ = [
     "decay",
     "exp_range",
     "exponential",
+    "find_bounds",
     "one_cycle",
     "one_cycle_momentum",
     "parallel_range_test",

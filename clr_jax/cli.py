@@ -148,6 +148,12 @@ def schedule_stages(args: argparse.Namespace) -> tuple:
     return parse_stages({"policy": args.policy, **settings}, f"--policy {args.policy}")
 
 
+def _policy_settings(policy: str) -> tuple[str, ...]:
+    from clr_jax.policies import POLICIES
+
+    return tuple(POLICIES[policy].settings) if policy in POLICIES else ()
+
+
 def schedule_from_args(args: argparse.Namespace):
     """The schedule that the schedule flags describe."""
     from clr_jax.policies import staged
@@ -278,6 +284,17 @@ def _add_data_model_flags(parser: argparse.ArgumentParser, *, steps_help: str) -
     hosts.add_argument("--process-id", type=int, help="this process's index, from 0")
 
 
+def _add_repeat_flags(group, repeats: str, rounds: str) -> None:
+    group.add_argument(repeats, dest="range_test_repeats", type=int, default=3,
+                       help="range tests per round, each with its own seed (initialisation "
+                       "and data order); the spread of their readings is the interval "
+                       "(default 3)")
+    group.add_argument(rounds, dest="range_test_rounds", type=int, default=3,
+                       help="rounds of range tests at most: while the reading is flagged, "
+                       "the next round extends the ramp, doubles the steps or the repeats "
+                       "(default 3)")
+
+
 def _start_distributed(args) -> None:
     given = [getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id")]
     if not (getattr(args, "distributed", False) or any(x is not None for x in given)):
@@ -325,46 +342,113 @@ def _steps(args, dataset, default=None) -> int:
 
 def _train_config(args, num_steps: int, **extra):
     """The TrainConfig of the data, model and run flags; evaluation every tenth of the run
-    and a log row every 100 steps (at most) unless the flags say otherwise."""
+    and a log row every 100 steps (at most) unless the flags (or ``extra``) say
+    otherwise."""
     from clr_jax.harness.train import TrainConfig
 
     eval_every = args.eval_every if args.eval_every is not None else max(1, num_steps // 10)
     log_every = getattr(args, "log_every", None)
-    extra.setdefault("log_every", log_every if log_every is not None
-                     else max(1, min(100, eval_every)))
-    return TrainConfig(
+    settings = dict(
         model=args.model, optimizer=args.optimizer, momentum=args.momentum,
         weight_decay=args.weight_decay, caffe_multipliers=not args.no_caffe_multipliers,
         batch_size=args.batch_size, num_steps=num_steps, eval_every=eval_every,
         seed=args.seed, preprocess=args.preprocess, augment=args.augment,
         shuffle=not args.no_shuffle, kernels=args.kernels,
-        checkpoint_every=getattr(args, "checkpoint_every", None), **extra)
+        checkpoint_every=getattr(args, "checkpoint_every", None),
+        log_every=log_every if log_every is not None else max(1, min(100, eval_every)))
+    settings.update(extra)
+    return TrainConfig(**settings)
+
+
+def _print_round(record: dict) -> None:
+    """One line per round of range tests, as it ends."""
+    reading = record.get("bounds")
+    what = (f"max_lr {reading['max_lr']:.3g} [{reading['max_interval'][0]:.3g}, "
+            f"{reading['max_interval'][1]:.3g}]" if reading and reading.get("max_interval")
+            else f"max_lr {reading['max_lr']:.3g}" if reading else "no reading")
+    flags = ", ".join(f["code"] for f in record["flags"]) or "trusted"
+    say(f"range test round {record['round']}: {len(record['seeds'])} repeats of "
+        f"{record['min_lr']:.3g} to {record['max_lr']:.3g} over {record['num_steps']} steps: "
+        f"{what} ({flags})", file=sys.stderr)
+
+
+def _print_bounds(bounds) -> None:
+    for b in bounds:
+        say(b.describe())
+        for flag in b.flags:
+            say(f"    {flag.code}: {flag.message}")
+
+
+def _range_test_options(args, repeats_flag: str, rounds_flag: str) -> dict:
+    if args.range_test_repeats < 1:
+        raise UsageError(f"{repeats_flag} must be >= 1, got {args.range_test_repeats}")
+    if args.range_test_rounds < 1:
+        raise UsageError(f"{rounds_flag} must be >= 1, got {args.range_test_rounds}")
+    return {"repeats": args.range_test_repeats, "max_rounds": args.range_test_rounds}
 
 
 def _cmd_range_test(args: argparse.Namespace) -> int:
     from clr_jax.harness.jobs import run_range_test
-
     from clr_jax.suggest import METHODS
 
+    options = _range_test_options(args, "--repeats", "--max-rounds")
     dataset = _load_data(args)
-    num_steps = _steps(args, dataset)
-    if args.eval_every is None:
-        args.eval_every = max(1, num_steps // 20)
-    eval_every = args.eval_every
-    config = _train_config(args, num_steps, log_every=eval_every)
-    methods = tuple(args.method) if args.method else tuple(m for m in METHODS if m != "auto")
-    result, bounds = run_range_test(
+    num_steps = _steps(args, dataset, default=200)
+    eval_every = args.eval_every if args.eval_every is not None else max(1, num_steps // 20)
+    config = _train_config(args, num_steps, log_every=eval_every, eval_every=eval_every)
+    methods = tuple(dict.fromkeys(args.method)) if args.method else \
+        tuple(m for m in METHODS if m != "auto")
+    found, bounds = run_range_test(
         config, dataset, args.out, min_lr=args.min_lr, max_lr=args.max_lr,
         num_steps=num_steps, mode=args.mode, eval_every=eval_every,
-        overwrite=args.overwrite, progress=not args.no_progress, methods=methods)
-    say(f"range test: {len(result.losses)} steps"
-          + (f", stopped early ({result.stop_reason})" if result.stop_reason else ""))
-    for b in bounds:
-        say(f"{b.method:11s} base_lr {b.base_lr:.4g}  max_lr {b.max_lr:.4g}")
+        overwrite=args.overwrite, progress=not args.no_progress, methods=methods,
+        on_round=_print_round, **options)
+    _print_bounds(bounds)
     if not bounds:
         say("no rule could read bounds from this test (see range_test.png)")
     say(f"wrote {args.out / 'range_test.json'} and {args.out / 'range_test.png'}")
     return 0
+
+
+def _found_bounds(args, dataset, num_steps: int):
+    """The bounds of ``train --bounds RULE``: read back from the run's folder on
+    --resume, else found by range tests whose report goes to OUT/range_test."""
+    import json
+
+    import clr_jax
+    from clr_jax.harness.jobs import find_model_bounds, read_all, write_range_test_report
+
+    folder = args.out / "range_test"
+    if args.resume and (folder / "range_test.json").exists():
+        saved = json.loads((folder / "range_test.json").read_text())
+        bounds = clr_jax.Bounds.from_dict(saved["found"]["bounds"])
+        say(f"bounds from {folder / 'range_test.json'}: {bounds.describe()}")
+        return bounds
+    from clr_jax.harness.rundir import RunDir
+
+    RunDir(args.out, overwrite=args.overwrite)  # refuse a used folder before testing
+    options = _range_test_options(args, "--range-test-repeats", "--range-test-rounds")
+    steps = args.range_test_steps
+    if steps < 2:
+        raise UsageError(f"--range-test-steps must be >= 2, got {steps}")
+    config = _train_config(args, steps, eval_every=max(1, steps // 20))
+    import time
+
+    started = time.perf_counter()
+    found = find_model_bounds(
+        config, dataset, min_lr=args.range_test_min_lr, max_lr=args.range_test_max_lr,
+        num_steps=steps, method=args.bounds, progress=not args.no_progress,
+        on_round=_print_round, strict=False, **options)
+    write_range_test_report(found, read_all(found, (found.bounds.method,)), folder,
+                            config=config, seconds=time.perf_counter() - started)
+    if not found.trusted:
+        raise UsageError(
+            "the range tests gave no trusted bounds ("
+            + "; ".join(f.message for f in found.bounds.flags)
+            + f"); nothing was trained. See {folder / 'range_test.png'}; give "
+            "--base-lr and --max-lr yourself, or change the --range-test-* flags")
+    say(f"bounds: {found.bounds.describe()}")
+    return found.bounds
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -381,6 +465,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError("give --step-size or --step-size-epochs, not both")
         args.step_size = clr_jax.step_size_from_epochs(
             args.step_size_epochs, len(dataset.train_labels), args.batch_size)
+    if args.bounds is not None:
+        if args.stage:
+            raise UsageError("--bounds sets the bounds of one policy; it does not take --stage")
+        if args.base_lr is not None or args.max_lr is not None:
+            raise UsageError("give --bounds or --base-lr/--max-lr, not both")
+        bounds = _found_bounds(args, dataset, num_steps)
+        args.policy = args.policy or "triangular"
+        args.base_lr, args.max_lr = bounds.base_lr, bounds.max_lr
+        if args.step_size is None and "step_size" in _policy_settings(args.policy):
+            args.step_size = max(1, num_steps // 4)  # two cycles, ending at base_lr
     config = _train_config(args, num_steps, schedule=schedule_stages(args))
     summary = train(config, dataset, args.out, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.no_progress, describe={"dataset": args.dataset},
@@ -517,13 +611,19 @@ def build_parser() -> argparse.ArgumentParser:
         "range-test", help="run the LR range test on a data set",
         description="Train while the learning rate rises; write range_test.json/.png "
         "and print the bounds each rule reads.")
-    _add_data_model_flags(range_test, steps_help="length of the ramp in steps")
-    range_test.add_argument("--min-lr", type=float, default=1e-4)
-    range_test.add_argument("--max-lr", type=float, default=0.02)
-    range_test.add_argument("--mode", choices=MODES, default="linear")
+    _add_data_model_flags(range_test, steps_help="length of the ramp in steps (default 200)")
+    range_test.add_argument("--min-lr", type=float, default=1e-5,
+                            help="the ramp's first rate (default 1e-5)")
+    range_test.add_argument("--max-lr", type=float, default=10.0,
+                            help="the ramp's last rate (default 10)")
+    range_test.add_argument("--mode", choices=MODES, default="exponential",
+                            help="the ramp's shape (default exponential; the paper's test is "
+                            "linear, e.g. --mode linear --min-lr 1e-4 --max-lr 0.02)")
     range_test.add_argument("--method", action="append",
                             choices=[m for m in METHODS if m != "auto"],
-                            help="suggestion rule (repeat; default: all)")
+                            help="suggestion rule (repeat; default: all, 'fall' first; the "
+                            "first one decides whether the test is extended or repeated)")
+    _add_repeat_flags(range_test, "--repeats", "--max-rounds")
     range_test.set_defaults(run=_cmd_range_test)
 
     train = commands.add_parser(
@@ -533,6 +633,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_model_flags(train, steps_help="training steps")
     _add_schedule_flags(train)
     train.add_argument("--step-size-epochs", type=float, help="step size in epochs")
+    found = train.add_argument_group(
+        "bounds from range tests", "find the bounds first (docs/guide/range_test.md)")
+    found.add_argument("--bounds", choices=[m for m in METHODS if m != "auto"] + ["auto"],
+                       help="run range tests and train between the bounds this rule reads "
+                       "(auto: 'fall'); sets --base-lr and --max-lr, the policy defaults "
+                       "to triangular and the step size to a quarter of the run")
+    found.add_argument("--range-test-steps", type=int, default=200,
+                       help="steps of each range test (default 200)")
+    found.add_argument("--range-test-min-lr", type=float, default=1e-5,
+                       help="the ramp's first rate (default 1e-5)")
+    found.add_argument("--range-test-max-lr", type=float, default=10.0,
+                       help="the ramp's last rate (default 10; raised x10 while the "
+                       "reading is at its end)")
+    _add_repeat_flags(found, "--range-test-repeats", "--range-test-rounds")
     _add_loop_flags(train, "run")
     train.set_defaults(run=_cmd_train)
 
@@ -606,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clr_jax.harness.train import TrainingError
 
         if isinstance(error, TrainingError):
-            print(f"clr-jax: error: {error}", file=sys.stderr)
+            print(f"clr-jax: error: {in_flags(str(error))}", file=sys.stderr)
             return 1
         raise
 

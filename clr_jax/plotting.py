@@ -8,6 +8,7 @@ matplotlib is an optional dependency: ``pip install "clr-jax[harness]"``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -97,11 +98,12 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> None
         fig.savefig(f, dpi=dpi, format="png")
 
 
-_BOUND_COLOURS = ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive")
+_BOUND_COLOURS = ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan",
+                  "tab:pink", "tab:gray", "black")
 
 
 def plot_range_test(
-    result: RangeTestResult | ParallelRangeTestResult,
+    result: RangeTestResult | Sequence[RangeTestResult] | ParallelRangeTestResult,
     bounds: Bounds | Sequence[Bounds] | None = None,
     *,
     metric: str = "accuracy",
@@ -111,10 +113,14 @@ def plot_range_test(
     """Draws a range test: loss (raw and smoothed) and a metric against the rate.
 
     Args:
-      result: a `RangeTestResult` or `ParallelRangeTestResult`. For the parallel test
-        the final loss is drawn as the mean over seeds with a band of +- one standard
-        deviation.
-      bounds: a `Bounds` or a sequence of them, drawn as vertical lines.
+      result: a `RangeTestResult`, repeats of one ramp (a list of them, or a
+        `clr_jax.FoundBounds`, whose bounds are then drawn unless ``bounds`` is given),
+        or a `ParallelRangeTestResult`. Repeats are drawn each in a faint line, with
+        their median; for the parallel test the final loss is drawn as the mean over
+        seeds with a band of +- one standard deviation.
+      bounds: a `Bounds` or a sequence of them, drawn as vertical lines (dotted: base,
+        dashed: max), the first one's ``max_lr`` interval shaded; the legend, below the
+        axes, names every one with its interval and whether it was flagged.
       metric: the evaluation metric drawn on the right axis, when present.
       title: the figure title.
       log_x: a log rate axis; by default on for exponential ramps and for parallel
@@ -123,7 +129,14 @@ def plot_range_test(
     Returns:
       The matplotlib Figure.
     """
-    fig = figure((7.5, 4.0))
+    from clr_jax.find import FoundBounds
+
+    if isinstance(result, FoundBounds):
+        bounds = result.bounds if bounds is None else bounds
+        result = list(result.results)
+    bounds = [] if bounds is None else [bounds] if not isinstance(bounds, Sequence) \
+        else list(bounds)
+    fig = figure((7.5, 4.8 + 0.17 * len(bounds)))
     ax = fig.subplots()
     parallel = isinstance(result, ParallelRangeTestResult)
     if parallel:
@@ -138,13 +151,31 @@ def plot_range_test(
         metrics = result.eval_metrics
         default_log = lrs[-1] / lrs[0] > 20
     else:
-        lrs = result.learning_rates
-        ax.plot(lrs, result.losses, color="tab:blue", alpha=0.25, lw=0.8, label="loss")
-        ax.plot(lrs, result.smoothed_losses, color="tab:blue", lw=1.6, label="smoothed loss")
-        eval_lrs = result.eval_learning_rates
-        metrics = {k: x[None] for k, x in result.eval_metrics.items()}
-        default_log = result.mode == "exponential"
-        finite = result.smoothed_losses[np.isfinite(result.smoothed_losses)]
+        repeats = [result] if isinstance(result, RangeTestResult) else list(result)
+        longest = max(repeats, key=lambda r: len(r.learning_rates))
+        for i, r in enumerate(repeats):
+            ax.plot(r.learning_rates, r.losses, color="tab:blue", alpha=0.25, lw=0.8,
+                    label="loss" if len(repeats) == 1 else
+                    (f"loss of each of {len(repeats)} repeats" if i == 0 else None))
+        smoothed = _median_rows([r.smoothed_losses for r in repeats])
+        pooled = " (median of the repeats)" if len(repeats) > 1 else ""
+        ax.plot(longest.learning_rates[:smoothed.size], smoothed, color="tab:blue", lw=1.0,
+                ls="--", label="moving average of the loss" + pooled)
+        raw = _median_rows([r.losses for r in repeats])
+        centred = _centred_mean(raw, max(5, (longest.num_steps // 20) | 1))
+        ax.plot(longest.learning_rates[:centred.size], centred, color="tab:blue", lw=1.8,
+                label="centred mean of the loss" + pooled + " ('fall' reads it)")
+        evaluated = max(repeats, key=lambda r: len(r.eval_learning_rates))
+        eval_lrs = evaluated.eval_learning_rates
+        metrics = {}
+        for name in evaluated.eval_metrics:
+            rows = np.full((len(repeats), eval_lrs.size), np.nan)
+            for i, r in enumerate(repeats):
+                values = r.eval_metrics.get(name, np.zeros(0))[: eval_lrs.size]
+                rows[i, :values.size] = values
+            metrics[name] = rows
+        default_log = longest.mode == "exponential"
+        finite = smoothed[np.isfinite(smoothed)]
         if finite.size:  # keep the divergence spike from flattening the useful part
             top = min(finite.max(), 3 * np.nanpercentile(finite, 90))
             ax.set_ylim(max(0.0, finite.min() - 0.05 * (top - finite.min())), top * 1.05)
@@ -156,29 +187,61 @@ def plot_range_test(
     if metric in metrics and len(eval_lrs):
         values = metrics[metric]
         twin = ax.twinx()
-        twin.plot(eval_lrs, values.mean(axis=0), "s-", color="tab:orange", ms=3, label=metric)
-        if values.shape[0] > 1:
-            twin.fill_between(eval_lrs, values.min(axis=0), values.max(axis=0),
-                              color="tab:orange", alpha=0.2, label=f"{metric} range over seeds")
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no point
+            twin.plot(eval_lrs, np.nanmean(values, axis=0), "s-", color="tab:orange", ms=3,
+                      label=metric + (" (mean of the repeats)" if values.shape[0] > 1 else ""))
+            if values.shape[0] > 1:
+                twin.fill_between(eval_lrs, np.nanmin(values, axis=0),
+                                  np.nanmax(values, axis=0), color="tab:orange", alpha=0.2,
+                                  label=f"{metric} range over the repeats")
         twin.set_ylabel(metric, color="tab:orange")
         more_h, more_l = twin.get_legend_handles_labels()
         handles, labels = handles + more_h, labels + more_l
-    if bounds is not None:
-        if not isinstance(bounds, Sequence):
-            bounds = [bounds]
-        for colour, b in zip(_BOUND_COLOURS, bounds):
-            for rate, style in ((b.base_lr, ":"), (b.max_lr, "--")):
-                line = ax.axvline(rate, color=colour, ls=style, lw=1.2)
-            handles.append(line)
-            labels.append(f"{b.method}: {b.base_lr:.3g} - {b.max_lr:.3g}")
-    ax.legend(handles, labels, frameon=False, fontsize=8, loc="best")
+    for index, b in enumerate(bounds):
+        colour = _BOUND_COLOURS[index % len(_BOUND_COLOURS)]
+        ax.axvline(b.base_lr, color=colour, ls=":", lw=1.2)
+        line = ax.axvline(b.max_lr, color=colour, ls="--", lw=1.2)
+        if b.max_interval is not None and index == 0:  # the first (chosen) rule's only
+            ax.axvspan(*b.max_interval, color=colour, alpha=0.15)
+        handles.append(line)
+        interval = "" if b.max_interval is None else \
+            f" (max in {b.max_interval[0]:.3g}-{b.max_interval[1]:.3g})"
+        verdict = "" if b.trusted else "; flagged: " + ", ".join(f.code for f in b.flags)
+        labels.append(f"{b.method}: {b.base_lr:.3g} - {b.max_lr:.3g}{interval}{verdict}")
+    ax.legend(handles, labels, frameon=False, fontsize=7.5, loc="upper center",
+              bbox_to_anchor=(0.5, -0.14), ncol=1)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    if isinstance(result, RangeTestResult) and result.stop_reason:
-        ax.annotate(f"stopped: {result.stop_reason} at step {result.stop_step}",
-                    xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=8)
+    stopped = [r for r in ([result] if isinstance(result, RangeTestResult) else
+                           [] if parallel else result) if r.stop_reason]
+    if stopped:
+        text = (f"stopped: {stopped[0].stop_reason} at step {stopped[0].stop_step}"
+                if isinstance(result, RangeTestResult) else
+                f"{len(stopped)} of {len(result)} repeats stopped early")
+        ax.annotate(text, xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=8)
     return fig
+
+
+def _centred_mean(x: np.ndarray, width: int) -> np.ndarray:
+    from clr_jax.suggest import _centred_mean
+
+    return _centred_mean(x, width)
+
+
+def _median_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """The median of rows of unequal lengths (a missing tail is left out), up to the
+    first point where no row is finite."""
+    n = max(len(r) for r in rows)
+    table = np.full((len(rows), n), np.nan)
+    for i, r in enumerate(rows):
+        table[i, :len(r)] = np.where(np.isfinite(r), r, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pooled = np.nanmedian(table, axis=0)
+    bad = np.flatnonzero(~np.isfinite(pooled))
+    return pooled[: bad[0]] if bad.size else pooled
 
 
 def plot_learning_curves(runs: Mapping[str, Sequence[Mapping]], *, title: str | None = None

@@ -70,6 +70,7 @@ class RangeTestResult(_JsonResult):
       min_lr: the first rate of the ramp.
       max_lr: the last rate of the ramp.
       num_steps: the steps the ramp was planned for.
+      smoothing: the factor of the smoothed loss's moving average.
     """
 
     learning_rates: np.ndarray
@@ -84,6 +85,7 @@ class RangeTestResult(_JsonResult):
     min_lr: float
     max_lr: float
     num_steps: int
+    smoothing: float = 0.98
 
     @property
     def stopped_early(self) -> bool:
@@ -581,6 +583,7 @@ def range_test(
         min_lr=float(min_lr),
         max_lr=float(max_lr),
         num_steps=int(num_steps),
+        smoothing=float(smoothing),
     )
 
 

@@ -106,10 +106,71 @@ class TestTrainAndRangeTest:
                          "--kernels", "lax"])
         assert code == 2 and "differ from the saved run" in capsys.readouterr().err
         code = cli.main(["range-test", *common, "--steps", "20", "--eval-every", "4",
-                         "--min-lr", "0.001", "--max-lr", "0.5", "--out", str(tmp_path / "rt")])
+                         "--min-lr", "0.001", "--max-lr", "0.5", "--max-rounds", "2",
+                         "--repeats", "2", "--out", str(tmp_path / "rt")])
         assert code == 0
         assert (tmp_path / "rt" / "range_test.png").exists()
-        assert "range test: " in capsys.readouterr().out
+        captured = capsys.readouterr()
+        # each rule's reading with its interval and verdict; a round line per round
+        assert "edge: base_lr " in captured.out and "max_lr " in captured.out
+        assert "range test round 1: 2 repeats of 0.001 to 0.5 over 20 steps" in captured.err
+        report = json.loads((tmp_path / "rt" / "range_test.json").read_text())
+        assert len(report["found"]["results"]) == 2 and report["bounds"][0]["method"] == "edge"
+        assert 1 <= len(report["found"]["rounds"]) <= 2
+
+    @staticmethod
+    def _two_class_archive(tmp_path, learnable=True):
+        """Class "y" brighter by 40 (learnable, not separable), or noise either way."""
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for split, n in (("train", 48), ("test", 12)):
+            for c, cls in enumerate(("x", "y")):
+                folder = tmp_path / "data" / split / cls
+                folder.mkdir(parents=True)
+                for i in range(n):
+                    pixels = rng.integers(0, 200, (8, 8, 3)) + (40 * c if learnable else 20)
+                    Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+        with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:
+            tar.add(tmp_path / "data", arcname="data")
+        return ["--dataset", str(tmp_path / "data.tar.gz"), "--model", "mlp",
+                "--batch-size", "8", "--no-progress", "--preprocess", "standard",
+                "--optimizer", "momentum", "--no-caffe-multipliers", "--kernels", "lax"]
+
+    def test_train_with_bounds_from_range_tests(self, tmp_path, capsys):
+        common = self._two_class_archive(tmp_path)
+        out = tmp_path / "run"
+        code = cli.main(["train", *common, "--bounds", "auto", "--range-test-steps", "100",
+                         "--steps", "24", "--eval-every", "12", "--out", str(out)])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        report = json.loads((out / "range_test" / "range_test.json").read_text())
+        found = report["found"]["bounds"]
+        assert found["trusted"] and found["method"] == "edge"
+        summary = json.loads((out / "summary.json").read_text())
+        # triangular between the bounds read, two cycles over the run
+        assert summary["config"]["schedule"] == [["triangular", {
+            "base_lr": found["base_lr"], "max_lr": found["max_lr"], "step_size": 6}, 1]]
+        assert f"bounds: edge: base_lr {found['base_lr']:.3g}" in captured.out
+        assert (out / "range_test" / "range_test.png").exists()
+        # a resume reads the bounds back instead of testing again
+        code = cli.main(["train", *common, "--bounds", "auto", "--range-test-steps", "100",
+                         "--steps", "24", "--eval-every", "12", "--out", str(out), "--resume"])
+        assert code == 0 and "bounds from" in capsys.readouterr().out
+
+    def test_a_flagged_reading_trains_nothing(self, tmp_path, capsys):
+        common = self._two_class_archive(tmp_path, learnable=False)
+        out = tmp_path / "run"
+        code = cli.main(["train", *common, "--bounds", "auto", "--range-test-steps", "30",
+                         "--range-test-rounds", "1", "--range-test-repeats", "2",
+                         "--steps", "24", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2
+        message = err.strip().split("\n")[-1]
+        assert message.startswith("clr-jax: error: the range tests gave no trusted bounds")
+        assert "nothing was trained" in message and "Traceback" not in err
+        assert not (out / "summary.json").exists() and not (out / "metrics.jsonl").exists()
+        assert (out / "range_test" / "range_test.png").exists()
 
     @pytest.mark.parametrize("argv, match", [
         (["train", "--dataset", "nowhere", "--out", "{tmp}/a", "--steps", "5", "--policy",

@@ -32,10 +32,14 @@ class TestPaperRule:
         # is 0.6: 10% (0.16) is first reached at index 3, 90% (0.64) at index 7.
         assert b.base_lr == pytest.approx(rates[3]) and b.max_lr == pytest.approx(rates[7])
 
-    def test_auto_picks_paper_with_accuracy(self):
+    def test_auto_reads_the_loss(self):
+        """The default rule is "edge", which reads the loss: on a flat loss it flags
+        that the test shows no learning, whatever the accuracy does."""
         rates = np.linspace(0.001, 0.01, 10)
         acc = np.linspace(0.1, 0.8, 10)
-        assert clr_jax.suggest_bounds(synthetic_result(rates, acc)).method == "paper"
+        bounds = clr_jax.suggest_bounds(synthetic_result(rates, acc))
+        assert bounds.method == "edge" and not bounds.trusted
+        assert "below_noise" in {f.code for f in bounds.flags}
 
     @pytest.mark.parametrize("accuracy, match", [
         (np.full(10, 0.5), "rises by only"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -20,7 +21,8 @@ from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.rundir import RunDir
 from clr_jax.harness.train import Trainer, TrainConfig, make_eval_step
 
-__all__ = ["compare", "run_demo", "run_range_test"]
+__all__ = ["RangeTestPieces", "compare", "find_model_bounds", "range_test_pieces", "read_all",
+           "run_demo", "run_range_test", "write_range_test_report"]
 
 
 def _report_folder(out, report: str, overwrite: bool) -> Path:
@@ -33,6 +35,120 @@ def _report_folder(out, report: str, overwrite: bool) -> Path:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class RangeTestPieces:
+    """What `clr_jax.find_bounds` (or `clr_jax.range_test`) needs to test a harness
+    model: the loss of a batch of indices into the data set held on the device, each
+    seed's starting parameters and batches (in that seed's data order, as training
+    would read them), the test-set evaluation and the configured optimizer."""
+
+    loss_fn: Callable
+    init_fn: Callable
+    batches: Callable
+    eval_fn: Callable
+    optimizer: Callable
+    compiler_options: dict | None
+
+
+def range_test_pieces(config: TrainConfig, dataset: ImageDataset, num_steps: int
+                      ) -> RangeTestPieces:
+    """The pieces of a range test of ``config``'s model on ``dataset``."""
+    from clr_jax.harness.train import ModelParts
+
+    trainer = Trainer(config, dataset, optax.constant_schedule(1e-3))
+    data, state = trainer.data, trainer.initial_state
+    b, spe = config.batch_size, data.steps_per_epoch
+    image_shape = dataset.train_images.shape[1:]
+
+    def batches(seed, steps):
+        order = np.concatenate([np.asarray(data.permutation(jnp.int32(e), seed))
+                                for e in range(-(-steps // spe))])
+        return {"index": jnp.asarray(order[: steps * b].reshape(steps, b))}
+
+    def init_fn(key):
+        parts = ModelParts.build(config, dataset.num_classes, image_shape, key)
+        return trainer.place(parts.params)
+
+    def loss_fn(params, batch):
+        images = data.prepare(data.train_images[batch["index"]])
+        return trainer.loss(params, state["rest"], images,
+                            data.train_labels[batch["index"]])[0]
+
+    options = trainer.compiler_options_for(num_steps)
+    # The range test updates only the parameters, so BatchNorm running statistics
+    # stay at their initial values: evaluate with batch statistics (train mode).
+    evaluate = jax.jit(make_eval_step(trainer.parts.graphdef, data), compiler_options=options)
+
+    def eval_fn(params):
+        metrics = evaluate(params, state["rest"])
+        return {"accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}
+
+    return RangeTestPieces(loss_fn, init_fn, batches, eval_fn,
+                           lambda lr: trainer.parts.optimizer(config, lr), options)
+
+
+def find_model_bounds(
+    config: TrainConfig,
+    dataset: ImageDataset,
+    *,
+    min_lr: float = 1e-5,
+    max_lr: float = 10.0,
+    num_steps: int = 200,
+    mode: str = "exponential",
+    eval_every: int | None = None,
+    repeats: int = 3,
+    method: str = "auto",
+    max_rounds: int = 3,
+    strict: bool = True,
+    progress: bool = True,
+    on_round: Callable[[dict], None] | None = None,
+) -> clr_jax.FoundBounds:
+    """`clr_jax.find_bounds` for a harness model: ``repeats`` range tests (seeds
+    ``config.seed``, ``config.seed + 1``, ...: each its own initialisation and data
+    order), read with ``method``, extended or repeated while the reading is flagged."""
+    pieces = range_test_pieces(config, dataset, num_steps)
+    eval_every = eval_every if eval_every is not None else max(1, num_steps // 20)
+    return clr_jax.find_bounds(
+        pieces.loss_fn, None, pieces.batches, init_fn=pieces.init_fn, min_lr=min_lr,
+        max_lr=max_lr, num_steps=num_steps, optimizer=pieces.optimizer, mode=mode,
+        eval_fn=pieces.eval_fn, eval_every=eval_every,
+        seeds=tuple(config.seed + i for i in range(repeats)), method=method,
+        max_rounds=max_rounds, strict=strict, progress=progress,
+        compiler_options=pieces.compiler_options, on_round=on_round)
+
+
+def read_all(found: clr_jax.FoundBounds, methods: Sequence[str]) -> list[clr_jax.Bounds]:
+    """The bounds each rule in ``methods`` reads from the repeats of ``found`` (the
+    rules that cannot read them are left out)."""
+    bounds = []
+    for method in methods:
+        if method == found.bounds.method:
+            bounds.append(found.bounds)
+            continue
+        try:
+            bounds.append(clr_jax.suggest_bounds(list(found.results), method))
+        except ValueError:
+            continue
+    return bounds
+
+
+def write_range_test_report(found: clr_jax.FoundBounds, bounds: Sequence[clr_jax.Bounds],
+                            out: Path, *, config: TrainConfig, seconds: float,
+                            title: str = "LR range test") -> None:
+    """range_test.json (every round, every repeat, every rule's bounds) and
+    range_test.png, written by the primary process."""
+    report = {"found": found.to_dict(), "bounds": [x.to_dict() for x in bounds],
+              "seconds": seconds, "config": dataclasses.asdict(config),
+              "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
+
+    def write():
+        write_json(out / "range_test.json", report)
+        plotting.save_figure(plotting.plot_range_test(list(found.results), list(bounds),
+                                                      title=title), out / "range_test.png")
+
+    distributed.on_primary(write, "write the range test's report")
+
+
 def run_range_test(
     config: TrainConfig,
     dataset: ImageDataset,
@@ -43,64 +159,38 @@ def run_range_test(
     num_steps: int,
     mode: str = "linear",
     eval_every: int | None = None,
+    repeats: int = 3,
+    max_rounds: int = 3,
     overwrite: bool = False,
     progress: bool = True,
-    methods: tuple[str, ...] = ("paper", "valley"),
-) -> tuple[clr_jax.RangeTestResult, list[clr_jax.Bounds]]:
-    """A range test of the harness's model on ``dataset``; writes range_test.json/.png.
+    methods: tuple[str, ...] = ("fall", "paper", "valley"),
+    on_round: Callable[[dict], None] | None = None,
+) -> tuple[clr_jax.FoundBounds, list[clr_jax.Bounds]]:
+    """Range tests of the harness's model on ``dataset`` (`find_model_bounds`, read
+    with the first of ``methods``), and the bounds every rule in ``methods`` reads from
+    the last round's repeats; writes range_test.json/.png. A reading still flagged after
+    ``max_rounds`` is reported with its flags, not raised.
 
     Batches are index arrays into the data set held on the device, so the test reads
-    the same shuffled, preprocessed batches as training would. Bounds are read with
-    each of ``methods`` that can read them.
+    the same shuffled, preprocessed batches as training would.
     """
     out = _report_folder(out, "range_test.json", overwrite)
-    trainer = Trainer(config, dataset, optax.constant_schedule(min_lr))
-    data, state = trainer.data, trainer.initial_state
-    b, spe = config.batch_size, data.steps_per_epoch
-    order = np.concatenate([np.asarray(data.permutation(jnp.int32(e), config.seed))
-                            for e in range(-(-num_steps // spe))])
-    indices = {"index": jnp.asarray(order[: num_steps * b].reshape(num_steps, b))}
-
-    def loss_fn(params, batch):
-        images = data.prepare(data.train_images[batch["index"]])
-        return trainer.loss(params, state["rest"], images,
-                            data.train_labels[batch["index"]])[0]
-
-    options = trainer.compiler_options_for(num_steps)
-    eval_fn = None
-    if eval_every:
-        # The range test updates only the parameters, so BatchNorm running statistics
-        # stay at their initial values: evaluate with batch statistics (train mode).
-        evaluate = jax.jit(make_eval_step(trainer.parts.graphdef, data),
-                           compiler_options=options)
-
-        def eval_fn(params):
-            metrics = evaluate(params, state["rest"])
-            return {"accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}
-
     started = time.perf_counter()
-    result = clr_jax.range_test(
-        loss_fn, state["params"], indices, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps,
-        optimizer=lambda lr: trainer.parts.optimizer(config, lr), mode=mode, eval_fn=eval_fn,
-        eval_every=eval_every, seed=config.seed, progress=progress, compiler_options=options)
-    seconds = time.perf_counter() - started
-    bounds = []
-    for method in methods:
-        try:
-            bounds.append(clr_jax.suggest_bounds(result, method))
-        except ValueError:
-            continue
-    report = {"result": result.to_dict(), "bounds": [x.to_dict() for x in bounds],
-              "seconds": seconds, "config": dataclasses.asdict(config),
-              "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
-
-    def write():
-        write_json(out / "range_test.json", report)
-        plotting.save_figure(plotting.plot_range_test(result, bounds, title="LR range test"),
-                             out / "range_test.png")
-
-    distributed.on_primary(write, "write the range test's report")
-    return result, bounds
+    try:
+        found = find_model_bounds(config, dataset, min_lr=min_lr, max_lr=max_lr,
+                                  num_steps=num_steps, mode=mode, eval_every=eval_every,
+                                  repeats=repeats, method=methods[0], max_rounds=max_rounds,
+                                  strict=False, progress=progress, on_round=on_round)
+    except clr_jax.BoundsError as error:  # nothing could be read: keep the curves
+        if error.results:
+            plotting.save_figure(plotting.plot_range_test(list(error.results),
+                                                          title="LR range test"),
+                                 out / "range_test.png")
+        raise
+    bounds = read_all(found, methods)
+    write_range_test_report(found, bounds, out, config=config,
+                            seconds=time.perf_counter() - started)
+    return found, bounds
 
 
 def compare(a: list[float], b: list[float]) -> dict[str, Any]:

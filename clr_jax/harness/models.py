@@ -101,7 +101,8 @@ class CifarResNet(nnx.Module):
     """The CIFAR ResNet of He et al. (2016): 6n + 2 layers, widths 16-32-64.
 
     ``depth=20`` (n = 3) and ``depth=56`` (n = 9) are the paper's Table 4 networks
-    (ResNet-20: 0.27M parameters). Identity shortcuts with zero padding (option A).
+    (ResNet-20: 0.27M parameters); ``depth=8`` (n = 1) is a small one for quick studies.
+    Identity shortcuts with zero padding (option A).
     """
 
     def __init__(self, depth: int = 20, num_classes: int = 10, *, in_channels: int = 3,
@@ -142,6 +143,8 @@ class MLP(nnx.Module):
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     "caffe_cifar10": lambda num_classes, shape, rngs, kernels: CaffeCifar10(
         num_classes, in_channels=shape[-1], kernels=kernels, rngs=rngs),
+    "resnet8": lambda num_classes, shape, rngs, kernels: CifarResNet(
+        8, num_classes, in_channels=shape[-1], rngs=rngs),
     "resnet20": lambda num_classes, shape, rngs, kernels: CifarResNet(
         20, num_classes, in_channels=shape[-1], rngs=rngs),
     "resnet56": lambda num_classes, shape, rngs, kernels: CifarResNet(
