@@ -561,8 +561,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from clr_jax.harness.jobs import run_demo
 
+    if args.seeds < 2:
+        raise UsageError(f"--seeds must be >= 2 (the verdict needs a spread), got {args.seeds}")
     report = run_demo(args.out, overwrite=args.overwrite, progress=not args.no_progress,
-                      seeds=args.seeds)
+                      seeds=args.seeds, range_test_seed=args.range_test_seed,
+                      perturbation=args.perturb_init)
+    say(f"bounds: {report['bounds_line']}")
     say(report["headline"])
     say(f"report: {args.out / 'summary.md'} ({report['seconds']:.0f} s)")
     return 0
@@ -604,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace an existing report")
     demo.add_argument("--seeds", type=int, default=3,
                       help="runs of each schedule, for the spread (default: 3)")
+    demo.add_argument("--range-test-seed", type=int, default=0,
+                      help="the first seed of the three range tests (default 0)")
+    demo.add_argument("--perturb-init", type=float, default=0.0,
+                      help="scale the range tests' initial weights by 1 + this (e.g. 1e-6, "
+                      "to check that the bounds do not hang on the last bits of the "
+                      "arithmetic; default 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_cmd_demo)
 
