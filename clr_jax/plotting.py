@@ -164,7 +164,7 @@ def plot_range_test(
         raw = _median_rows([r.losses for r in repeats])
         centred = _centred_mean(raw, max(5, (longest.num_steps // 20) | 1))
         ax.plot(longest.learning_rates[:centred.size], centred, color="tab:blue", lw=1.8,
-                label="centred mean of the loss" + pooled + " ('fall' reads it)")
+                label="centred mean of the loss" + pooled + " (what 'edge' reads)")
         evaluated = max(repeats, key=lambda r: len(r.eval_learning_rates))
         eval_lrs = evaluated.eval_learning_rates
         metrics = {}
@@ -175,10 +175,13 @@ def plot_range_test(
                 rows[i, :values.size] = values
             metrics[name] = rows
         default_log = longest.mode == "exponential"
-        finite = smoothed[np.isfinite(smoothed)]
-        if finite.size:  # keep the divergence spike from flattening the useful part
-            top = min(finite.max(), 3 * np.nanpercentile(finite, 90))
-            ax.set_ylim(max(0.0, finite.min() - 0.05 * (top - finite.min())), top * 1.05)
+        finite = centred[np.isfinite(centred)]
+        if finite.size:  # the fall and the turn, not the divergence spikes
+            lowest = int(np.argmin(finite))
+            start, bottom = float(finite[: lowest + 1].max()), float(finite[lowest])
+            drop = max(start - bottom, 1e-12)
+            top = min(float(finite.max()), start + 0.6 * drop)
+            ax.set_ylim(bottom - 0.15 * drop, top + 0.05 * drop)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss", color="tab:blue")
     if log_x if log_x is not None else default_log:
@@ -200,6 +203,11 @@ def plot_range_test(
         handles, labels = handles + more_h, labels + more_l
     for index, b in enumerate(bounds):
         colour = _BOUND_COLOURS[index % len(_BOUND_COLOURS)]
+        turn = b.evidence.get("lr_loss_turns_up") if index == 0 else None
+        if turn:
+            ax.axvline(turn, color=colour, ls="-", lw=0.8, alpha=0.6)
+            ax.annotate(f"loss turns up: {turn:.3g}", xy=(turn, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, -10), textcoords="offset points", fontsize=7, color=colour)
         ax.axvline(b.base_lr, color=colour, ls=":", lw=1.2)
         line = ax.axvline(b.max_lr, color=colour, ls="--", lw=1.2)
         if b.max_interval is not None and index == 0:  # the first (chosen) rule's only

@@ -22,16 +22,34 @@ def test_code_blocks_run(page):
 
 
 def test_readme_quotes_the_committed_demo_report():
-    """The README's account of `clr-jax demo` is the committed report's, word for word."""
+    """The README's account of `clr-jax demo` is the committed report's, word for word, and
+    its account of how much the demo varies is the committed stability study's."""
     import json
 
     summary = json.loads((ROOT / "experiments/results/demo/summary.json").read_text())
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert summary["headline"] in readme
+    assert f"bounds: {summary['bounds_line']}" in readme
     assert f"took {summary['seconds']:.0f} s" in readme
     assert f"{summary['steps']} steps" in readme
-    paper = next(b for b in summary["bounds"] if b["method"] == "paper")
-    assert f"{paper['base_lr']:.3f}-{paper['max_lr']:.3f}" in readme
+    edge = next(b for b in summary["bounds"] if b["method"] == "edge")
+    assert f"turns up, {edge['evidence']['lr_loss_turns_up']:.3g};" in readme
+
+    stability = json.loads((ROOT / "experiments/results/demo_stability.json").read_text())
+    runs = {r["name"]: r for r in stability["runs"]}
+    fresh = [r for name, r in runs.items() if name.startswith("fresh")]
+    assert stability["checks"]["fresh_identical"] and stability["checks"]["same_verdict"]
+    low = min(r["seconds_own_clock"] for r in fresh)
+    high = max(r["seconds_own_clock"] for r in fresh)
+    assert f"in {low:.0f} to {high:.0f} s" in readme
+    assert (f"read max_lr {runs['range-test seeds 3-5']['max_lr']:.3g} and "
+            f"{runs['range-test seeds 6-8']['max_lr']:.3g}") in readme
+    assert f"read {runs['perturbed 1e-6']['max_lr']:.3g} again" in readme
+    assert f"within a factor {stability['checks']['max_lr_ratio']:.2f} in all six" in readme
+    clr = [100 * r["stats"]["clr"]["mean"] for r in runs.values()]
+    fixed = [100 * r["stats"]["fixed"]["mean"] for r in runs.values()]
+    assert f"(CLR {min(clr):.1f}-{max(clr):.1f}%, fixed {min(fixed):.1f}-{max(fixed):.1f}%)" \
+        in readme
 
 
 def test_readmes_quote_the_committed_table1_at_paper_scale():
