@@ -239,8 +239,8 @@ class HarnessTask:
         return clr_jax.find_bounds(
             pieces.loss_fn, None, pieces.batches, init_fn=init, optimizer=pieces.optimizer,
             eval_fn=pieces.eval_fn, eval_every=self.eval_every, seeds=seeds, method=method,
-            strict=False,
-            compiler_options=pieces.compiler_options)
+            strict=False, compiler_options=pieces.compiler_options,
+            model_state=pieces.model_state)
 
     def train(self, members):
         from clr_jax.harness.members import Member

@@ -127,6 +127,8 @@ def find_bounds(
     progress: bool = False,
     compiler_options: Mapping[str, Any] | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    model_state: Any = None,
+    eval_mode: str | None = None,
 ) -> FoundBounds:
     """Finds CLR bounds: repeated range tests, read with their interval and verdict.
 
@@ -149,10 +151,17 @@ def find_bounds(
     is still flagged, ``strict`` raises `clr_jax.BoundsError` with every round's flags;
     with ``strict=False`` the flagged reading is returned (``found.trusted`` is False).
 
+    Models with state are taken as `clr_jax.range_test` takes them: an NNX module as
+    ``params`` with ``loss_fn(model, batch)`` (each repeat after the first folds its seed
+    into the module's random streams), or ``model_state`` with ``loss_fn(params,
+    model_state, batch) -> (loss, new_model_state)``. The caller's module and arrays are
+    left as they were.
+
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, or with a ``key`` argument as in
         `clr_jax.range_test` (its key then depends on the repeat's seed).
-      params: the starting pytree (for every repeat unless ``init_fn`` is given).
+      params: the starting pytree or NNX module (for every repeat unless ``init_fn``
+        is given).
       batches: a pytree of arrays with a leading step axis, an iterable of at least
         ``num_steps`` batches (read once and reused), or a function
         ``batches(seed, num_steps)`` giving each repeat its own.
@@ -174,6 +183,8 @@ def find_bounds(
       progress: show a progress bar per test.
       compiler_options: as `clr_jax.range_test`.
       on_round: called with each round's record as it ends (e.g. to print it).
+      model_state: as `clr_jax.range_test`.
+      eval_mode: as `clr_jax.range_test`.
 
     Returns:
       A `FoundBounds`: ``.base_lr``, ``.max_lr``, ``.bounds`` (with intervals and
@@ -205,7 +216,8 @@ def find_bounds(
                 num_steps=num_steps, optimizer=optimizer, mode=mode, eval_fn=eval_fn,
                 eval_every=eval_every, smoothing=smoothing,
                 diverge_threshold=diverge_threshold, seed=seed, progress=progress,
-                compiler_options=compiler_options))
+                compiler_options=compiler_options, model_state=model_state,
+                eval_mode=eval_mode))
         record: dict[str, Any] = {
             "round": index + 1, "min_lr": float(min_lr), "max_lr": float(max_lr),
             "num_steps": int(num_steps), "mode": mode, "seeds": list(seeds),

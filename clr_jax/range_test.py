@@ -71,6 +71,8 @@ class RangeTestResult(_JsonResult):
       max_lr: the last rate of the ramp.
       num_steps: the steps the ramp was planned for.
       smoothing: the factor of the smoothed loss's moving average.
+      eval_mode: how a module was evaluated (``"eval"``, ``"batch_stats"``,
+        ``"train"``; see `range_test`), or None when ``eval_fn`` decided.
     """
 
     learning_rates: np.ndarray
@@ -86,6 +88,7 @@ class RangeTestResult(_JsonResult):
     max_lr: float
     num_steps: int
     smoothing: float = 0.98
+    eval_mode: str | None = None
 
     @property
     def stopped_early(self) -> bool:
@@ -118,6 +121,7 @@ class ParallelRangeTestResult(_JsonResult):
       num_steps: T, the steps each member trained.
       diverge_threshold: a member whose final loss exceeds this multiple of its
         first loss counts as diverged.
+      eval_mode: how a module was evaluated (see `range_test`), or None.
     """
 
     learning_rates: np.ndarray
@@ -127,6 +131,7 @@ class ParallelRangeTestResult(_JsonResult):
     eval_metrics: dict[str, np.ndarray]
     num_steps: int
     diverge_threshold: float = 4.0
+    eval_mode: str | None = None
 
     @property
     def diverged(self) -> np.ndarray:
@@ -160,6 +165,7 @@ class _Carry(NamedTuple):
     """What the range test's steps carry from one to the next."""
 
     params: Any
+    model_state: Any  # the model's non-trainable state (BatchNorm statistics, RNG counts)
     opt_state: Any
     average: jax.Array  # the loss's moving average, before bias correction
     best: jax.Array  # the lowest smoothed loss so far
@@ -198,6 +204,115 @@ def ramp(min_lr: float, max_lr: float, num_steps: int, mode: str = "linear") -> 
     """The range test's rate: ``min_lr`` at step 0 to ``max_lr`` at step num_steps - 1."""
     settings = _Settings.of(min_lr, max_lr, num_steps)
     return lambda step: _ramp_value(step, settings, mode)
+
+
+EVAL_MODES = ("eval", "batch_stats", "train")
+
+
+def _is_module(value) -> bool:
+    """Whether ``value`` is a Flax NNX module (False when Flax is not installed)."""
+    try:
+        from flax import nnx
+    except ImportError:
+        return False
+    return isinstance(value, nnx.Module)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Loss:
+    """The caller's loss in one form: ``(params, model_state, batch, key) -> (loss,
+    new model_state)``. ``form`` is "plain" (``loss_fn(params, batch)``), "state"
+    (``loss_fn(params, model_state, batch) -> (loss, new_model_state)``) or "module"
+    (``loss_fn(model, batch)`` of an NNX module, rebuilt from ``graphdef``). Hashable,
+    so that a second test of the same loss reuses its compiled program."""
+
+    fn: Callable
+    form: str
+    takes_key: bool
+    graphdef: Any = None
+
+    def __call__(self, params, model_state, batch, key):
+        kwargs = {"key": key} if self.takes_key else {}
+        if self.form == "plain":
+            return self.fn(params, batch, **kwargs), model_state
+        if self.form == "state":
+            out = self.fn(params, model_state, batch, **kwargs)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError(
+                    "with model_state, loss_fn must return (loss, new_model_state), as "
+                    f"loss_fn(params, model_state, batch) does in Flax; got {type(out).__name__}.")
+            return out
+        from flax import nnx
+
+        model = nnx.merge(self.graphdef, params, model_state, copy=True)
+        value = self.fn(model, batch, **kwargs)
+        return value, nnx.state(model, nnx.Not(nnx.Param))
+
+
+class _Model(NamedTuple):
+    """A range test's model in the functional form the compiled steps take."""
+
+    loss: _Loss
+    params: Any
+    model_state: Any
+    evaluate: Callable | None  # (params, model_state) -> metrics
+    eval_mode: str | None
+
+
+def _fold_keys(tree, seed: int):
+    """Every PRNG key in ``tree`` with ``seed`` folded in (a module's own streams, such as
+    dropout's, varied by the test's seed)."""
+    def fold(x):
+        if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.fold_in(x, seed)
+        return x
+
+    return jax.tree.map(fold, tree)
+
+
+def _as_model(loss_fn, params, model_state, eval_fn, eval_mode, seed) -> _Model:
+    """The caller's loss, parameters and evaluation in one functional form.
+
+    - an NNX module as ``params``: split into its parameters (``nnx.Param``, trained)
+      and the rest (its state: BatchNorm statistics, random streams), ``loss_fn(model,
+      batch)`` and ``eval_fn(model)`` called on the module rebuilt from both, the
+      latter in ``eval_mode``; a seed other than 0 is folded into its random streams;
+    - ``model_state`` given: ``loss_fn(params, model_state, batch) -> (loss,
+      new_model_state)`` and ``eval_fn(params, model_state)``;
+    - else ``loss_fn(params, batch)`` and ``eval_fn(params)``.
+    """
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable, got {loss_fn!r}.")
+    takes_key = _takes_key(loss_fn)
+    if _is_module(params):
+        from flax import nnx
+
+        if model_state is not None:
+            raise ValueError("model_state is for a loss of (params, model_state, batch); an "
+                             "NNX module carries its own state: leave model_state out.")
+        mode = "eval" if eval_mode is None else eval_mode
+        v.choice("eval_mode", mode, EVAL_MODES)
+        graphdef, trained, rest = nnx.split(params, nnx.Param, ...)
+        if seed:
+            rest = _fold_keys(rest, seed)
+        evaluate = None
+        if eval_fn is not None:
+            def evaluate(p, s):
+                model = nnx.merge(graphdef, p, s, copy=True)
+                model.train() if mode == "train" else model.eval()
+                if mode == "batch_stats":
+                    model.set_attributes(use_running_average=False, raise_if_not_found=False)
+                return eval_fn(model)
+        return _Model(_Loss(loss_fn, "module", takes_key, graphdef), trained, rest, evaluate,
+                      mode if eval_fn is not None else None)
+    if eval_mode is not None:
+        raise ValueError(f"eval_mode={eval_mode!r} is for an NNX module given as params; "
+                         "with a loss of arrays, eval_fn decides how it evaluates.")
+    if model_state is not None:
+        evaluate = None if eval_fn is None else (lambda p, s: eval_fn(p, s))
+        return _Model(_Loss(loss_fn, "state", takes_key), params, model_state, evaluate, None)
+    evaluate = None if eval_fn is None else (lambda p, s: eval_fn(p))
+    return _Model(_Loss(loss_fn, "plain", takes_key), params, None, evaluate, None)
 
 
 def _takes_key(loss_fn: Callable) -> bool:
@@ -295,63 +410,66 @@ class _Runner:
     _size = 8
 
     @classmethod
-    def get(cls, loss_fn, optimizer, mode, takes_key, compiler_options) -> _Runner:
-        key = (loss_fn, optimizer, mode, takes_key,
-               tuple(sorted((compiler_options or {}).items())))
+    def get(cls, loss: _Loss, optimizer, mode, compiler_options) -> _Runner:
+        key = (loss, optimizer, mode, tuple(sorted((compiler_options or {}).items())))
         try:
             runner = cls._cache.pop(key)
         except (KeyError, TypeError):  # TypeError: an unhashable option value
-            runner = cls(loss_fn, optimizer, mode, takes_key, compiler_options)
+            runner = cls(loss, optimizer, mode, compiler_options)
         if len(cls._cache) >= cls._size:
             cls._cache.pop(next(iter(cls._cache)))
-        cls._cache[key] = runner
+        try:
+            cls._cache[key] = runner
+        except TypeError:
+            pass
         return runner
 
-    def __init__(self, loss_fn, optimizer, mode, takes_key, compiler_options):
-        self.loss_fn, self.optimizer, self.mode, self.takes_key = \
-            loss_fn, optimizer, mode, takes_key
+    def __init__(self, loss: _Loss, optimizer, mode, compiler_options):
+        self.loss, self.optimizer, self.mode = loss, optimizer, mode
         self._programs: dict = {}  # the first chunk's compiled loop, per input shapes
         jit = functools.partial(jax.jit, compiler_options=compiler_options)
         self.init = jit(self._init)
         self._while = jit(self._run_while, static_argnums=5)
         # the first chunk starts from the parameters: one program, one compilation
-        self._start = jit(lambda params, *args: self._run_while(
-            self._init(params, args[3]), *args), static_argnums=5)
+        self._start = jit(lambda params, model_state, *args: self._run_while(
+            self._init(params, model_state, args[3]), *args), static_argnums=6)
         self._unrolled = jit(self._run_unrolled, static_argnums=5)
 
     def tx(self, settings: _Settings) -> optax.GradientTransformation:
         return self.optimizer(lambda count: _ramp_value(count, settings, self.mode))
 
-    def loss_at(self, params, batch, t, settings: _Settings):
-        if self.takes_key:
-            return self.loss_fn(params, batch, key=jax.random.fold_in(settings.key, t))
-        return self.loss_fn(params, batch)
+    def loss_at(self, params, model_state, batch, t, settings: _Settings):
+        loss, model_state = self.loss(params, model_state, batch,
+                                      jax.random.fold_in(settings.key, t))
+        return jnp.asarray(loss, jnp.float32), model_state
 
-    def start(self, params, batches, offset, count, settings, chunk):
+    def start(self, params, model_state, batches, offset, count, settings, chunk):
         """The first chunk, from the parameters, in one compiled loop: the carry and the
         step outputs; or None when the program holds a convolution and runs on CPU,
         where the steps must be unrolled instead (`clr_jax._backend.group_size`). The
         program is traced once per input shapes: its jaxpr answers that question too."""
         signature = jax.tree.map(lambda x: (np.shape(x), str(getattr(x, "dtype", type(x)))),
-                                 (params, batches, settings))
+                                 (params, model_state, batches, settings))
         leaves, tree = jax.tree.flatten(signature)
         key = (tuple(leaves), str(tree), chunk)
         if key not in self._programs:
-            traced = self._start.trace(params, batches, offset, count, settings, chunk)
+            traced = self._start.trace(params, model_state, batches, offset, count, settings,
+                                       chunk)
             convolutional = _backend.on_cpu() and _backend.has_convolution(traced.jaxpr)
             self._programs[key] = None if convolutional else traced.lower().compile()
         program = self._programs[key]
-        return None if program is None else program(params, batches, offset, count, settings)
+        return None if program is None else program(params, model_state, batches, offset,
+                                                    count, settings)
 
-    def _init(self, params, settings):
-        return _Carry(params, self.tx(settings).init(params), jnp.float32(0.0),
+    def _init(self, params, model_state, settings):
+        return _Carry(params, model_state, self.tx(settings).init(params), jnp.float32(0.0),
                       jnp.float32(jnp.inf), jnp.bool_(False), jnp.int32(0))
 
     def _step(self, carry: _Carry, batch, settings: _Settings):
-        p, opt_state, avg, best, stopped, t = carry
+        p, model_state, opt_state, avg, best, stopped, t = carry
         beta = settings.beta
-        loss, grads = jax.value_and_grad(self.loss_at)(p, batch, t, settings)
-        loss = jnp.asarray(loss, jnp.float32)
+        (loss, new_model_state), grads = jax.value_and_grad(self.loss_at, has_aux=True)(
+            p, model_state, batch, t, settings)
         updates, new_state = self.tx(settings).update(grads, opt_state, p)
         new_p = optax.apply_updates(p, updates)
         new_avg = beta * avg + (1 - beta) * loss
@@ -360,7 +478,12 @@ class _Runner:
         reason = jnp.where(~jnp.isfinite(loss), 2, jnp.where(diverged, 1, 0))
         new_best = jnp.where(t == 0, smoothed, jnp.minimum(best, smoothed))
         active = ~stopped
-        out = _Carry(new_p, new_state, jnp.where(active, new_avg, avg),
+        # a non-finite loss's update (and model state) is not applied
+        applied = active & jnp.isfinite(loss)
+        keep = lambda new, old: jax.tree.map(  # noqa: E731
+            lambda a, b: jnp.where(applied, a, b), new, old)
+        out = _Carry(keep(new_p, p), keep(new_model_state, model_state),
+                     keep(new_state, opt_state), jnp.where(active, new_avg, avg),
                      jnp.where(active, new_best, best),
                      stopped | (reason > 0) | (t + 1 >= settings.num_steps),
                      jnp.where(active, t + 1, t))
@@ -425,6 +548,8 @@ def range_test(
     seed: int = 0,
     progress: bool = False,
     compiler_options: Mapping[str, Any] | None = None,
+    model_state: Any = None,
+    eval_mode: str | None = None,
 ) -> RangeTestResult:
     r"""Runs the LR range test: train while the learning rate rises, record the loss.
 
@@ -436,16 +561,24 @@ def range_test(
     times the lowest smoothed loss so far, or whose loss is not finite (that update is
     not applied). Losses are assumed positive, as cross-entropy and squared errors are.
 
-    The caller's ``params`` are not modified. Steps between evaluations run in one
+    Models with state (BatchNorm statistics, dropout's random streams) are taken in
+    either of JAX's two ways: an NNX module as ``params`` with ``loss_fn(model, batch)``
+    (its ``nnx.Param`` variables are trained, the rest is its state, carried from step
+    to step), or arrays with ``model_state`` and ``loss_fn(params, model_state, batch)
+    -> (loss, new_model_state)``, as Flax's ``mutable=["batch_stats"]`` gives it.
+
+    The caller's ``params`` (and module) are not modified. Steps between evaluations run in one
     compiled loop that ends at the stop; with array ``batches`` there is no host round
     trip per step. The compiled program is kept: a second test with the same
     ``loss_fn`` and ``optimizer`` objects and batches of the same shapes (any rates,
     lengths, smoothing or threshold) does not trace or compile again.
 
     Args:
-      loss_fn: ``loss_fn(params, batch) -> scalar``; if it takes a ``key`` argument it
-        is called as ``loss_fn(params, batch, key=key)`` with a per-step PRNG key.
-      params: a pytree of arrays, the starting point.
+      loss_fn: ``loss_fn(params, batch) -> scalar`` (``loss_fn(model, batch)`` for a
+        module; ``loss_fn(params, model_state, batch) -> (scalar, new_model_state)``
+        with ``model_state``); if it takes a ``key`` argument it is called with
+        ``key=`` a per-step PRNG key as well.
+      params: a pytree of arrays, the starting point, or a Flax NNX module.
       batches: a pytree of arrays with a leading step axis (used in order, cycled if
         shorter than ``num_steps``), or an iterable of batches (at least
         ``num_steps`` of them).
@@ -456,17 +589,25 @@ def range_test(
         or ``lambda lr: optax.sgd(lr, momentum=0.9)``.
       mode: ``"linear"`` or ``"exponential"``.
       eval_fn: ``eval_fn(params) -> {name: scalar}``, e.g. test accuracy, which is what
-        the paper reads; called every ``eval_every`` steps.
+        the paper reads; called every ``eval_every`` steps (``eval_fn(model)`` for a
+        module, ``eval_fn(params, model_state)`` with ``model_state``).
       eval_every: steps between evaluations; required with ``eval_fn``.
       smoothing: the moving-average factor in [0, 1).
       diverge_threshold: stop when the smoothed loss exceeds this multiple of its
         lowest value; must be > 1.
-      seed: derives the per-step keys for a ``loss_fn`` that takes ``key``; the test
-        is reproducible given the seed.
+      seed: derives the per-step keys for a ``loss_fn`` that takes ``key``, and for a
+        module, a seed other than 0 is folded into its random streams (dropout); the
+        test is reproducible given the seed.
       progress: show a progress bar (needs tqdm).
       compiler_options: XLA options for compiling the steps (``jax.jit``'s
         ``compiler_options``), e.g. ``{"xla_cpu_use_fusion_emitters": False}``, which
         the harness uses for the Caffe net on CPU.
+      model_state: the starting state of a loss of ``(params, model_state, batch)``.
+      eval_mode: how a module is evaluated: ``"eval"`` (the default: ``model.eval()``,
+        BatchNorm with the running statistics gathered during the test so far, no
+        dropout), ``"batch_stats"`` (as eval, but BatchNorm normalising with each
+        evaluation batch's own statistics) or ``"train"`` (``model.train()``). The
+        result records it.
 
     Returns:
       A `RangeTestResult`.
@@ -497,8 +638,7 @@ def range_test(
         eval_every = v.positive_int("eval_every", eval_every)
     v.check("smoothing", smoothing, lambda b: (b >= 0) & (b < 1), "in [0, 1)")
     v.check("diverge_threshold", diverge_threshold, lambda d: d > 1, "> 1")
-    if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable, got {loss_fn!r}.")
+    model = _as_model(loss_fn, params, model_state, eval_fn, eval_mode, seed)
 
     _check_optimizer(optimizer)
     tx = optimizer(ramp(float(min_lr), float(max_lr), num_steps, mode))
@@ -514,7 +654,6 @@ def range_test(
     num_batches = _leading_length(batches)
     if num_batches == 0:
         raise ValueError("batches has 0 entries on its leading step axis.")
-    takes_key = _takes_key(loss_fn)
     if num_batches is None:
         iterator = iter(batches)
         try:
@@ -523,7 +662,7 @@ def range_test(
             raise ValueError("batches is empty; give at least num_steps batches.") from None
         iterator = itertools.chain([first_batch], iterator)
     settings = _Settings.of(min_lr, max_lr, num_steps, smoothing, diverge_threshold, seed)
-    runner = _Runner.get(loss_fn, optimizer, mode, takes_key, compiler_options)
+    runner = _Runner.get(model.loss, optimizer, mode, compiler_options)
     carry, group, unroll = None, chunk, False
     outputs: list[tuple[np.ndarray, ...]] = []
     eval_steps, eval_metrics = [], {}
@@ -540,13 +679,13 @@ def range_test(
             chunk_batches, offset, count = batches, 0, num_batches
         offset, count = jnp.int32(offset), jnp.int32(count)
         started = None if carry is not None or unroll else runner.start(
-            params, chunk_batches, offset, count, settings, chunk)
+            model.params, model.model_state, chunk_batches, offset, count, settings, chunk)
         if started is not None:
             carry, out = started
         else:
             if carry is None:  # convolutions on CPU: unrolled groups of steps
                 group, unroll = _backend.group_size(chunk, True)
-                carry = runner.init(params, settings)
+                carry = runner.init(model.params, model.model_state, settings)
             carry, out = runner.run_chunk(carry, chunk_batches, offset, count, settings,
                                           chunk, group, unroll)
         out = tuple(np.asarray(x) for x in out)
@@ -558,7 +697,8 @@ def range_test(
         # Evaluate at chunk ends only: parameters after a non-finite loss are meaningless.
         full_chunk = ran == chunk and not (ran and out[2][ran - 1] == 2)
         if eval_fn is not None and full_chunk and done % eval_every == 0:
-            for name, value in _metric_values(eval_fn(carry.params)).items():
+            for name, value in _metric_values(model.evaluate(carry.params,
+                                                             carry.model_state)).items():
                 eval_metrics.setdefault(name, []).append(value)
             eval_steps.append(done)
         if bool(carry.stopped):
@@ -584,6 +724,7 @@ def range_test(
         max_lr=float(max_lr),
         num_steps=int(num_steps),
         smoothing=float(smoothing),
+        eval_mode=model.eval_mode,
     )
 
 
@@ -603,6 +744,8 @@ def parallel_range_test(
     vectorize: bool | None = None,
     progress: bool = False,
     compiler_options: Mapping[str, Any] | None = None,
+    model_state: Any = None,
+    eval_mode: str | None = None,
 ) -> ParallelRangeTestResult:
     """Trains K copies at K fixed learning rates at once, in one vmapped program.
 
@@ -616,8 +759,10 @@ def parallel_range_test(
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, or with a ``key`` argument as in
-        `range_test` (the key then also depends on the seed).
-      params: the starting pytree; ignored when ``init_fn`` is given.
+        `range_test` (the key then also depends on the seed); ``loss_fn(model, batch)``
+        for an NNX module, ``loss_fn(params, model_state, batch) -> (scalar,
+        new_model_state)`` with ``model_state``, as in `range_test`.
+      params: the starting pytree or NNX module; ignored when ``init_fn`` is given.
       batches: a pytree of arrays with a leading step axis (cycled if shorter than
         ``num_steps``), or an iterable of at least ``num_steps`` batches.
       learning_rates: the K rates to try, all > 0.
@@ -627,7 +772,8 @@ def parallel_range_test(
       eval_fn: ``eval_fn(params) -> {name: scalar}``, a JAX function (it is vmapped),
         run once at the end.
       seeds: the seeds; each is run at every rate.
-      init_fn: ``init_fn(key) -> params``, to start each seed from its own init.
+      init_fn: ``init_fn(key) -> params`` (or a module), to start each seed from its
+        own init; called once per seed.
       tail_fraction: the final loss is the mean over this last fraction of steps.
       diverge_threshold: members whose final loss exceeds this multiple of their first
         loss count as diverged.
@@ -635,6 +781,8 @@ def parallel_range_test(
         another (False); by default True except for convolutional models on CPU.
       progress: show a progress bar (needs tqdm).
       compiler_options: XLA options for compiling the steps, as in `range_test`.
+      model_state: as in `range_test`.
+      eval_mode: as in `range_test`.
 
     Returns:
       A `ParallelRangeTestResult`.
@@ -661,19 +809,29 @@ def parallel_range_test(
     if num_batches == 0:
         raise ValueError("batches has 0 entries on its leading step axis.")
     _check_optimizer(optimizer)
-    takes_key = _takes_key(loss_fn)
+    if init_fn is not None and not callable(init_fn):
+        raise ValueError(f"init_fn must be a function of a PRNG key, got {init_fn!r}.")
     tail = max(1, round(tail_fraction * num_steps))
 
+    def initial(seed):
+        """Seed's starting (params, model_state) and per-step key root."""
+        init_key, key = jax.random.split(jax.random.key(seed))
+        start = init_fn(init_key) if init_fn is not None else params
+        return _as_model(loss_fn, start, model_state, eval_fn, eval_mode, int(seed)), key
+
+    starts = [initial(seed) for seed in seeds]
+    model = starts[0][0]
+    if len({str(jax.tree.structure((m.params, m.model_state))) for m, _ in starts}) > 1:
+        raise ValueError("init_fn must give every seed parameters of the same structure.")
     first_batch = jax.tree.map(lambda x: x[0], batches)
-    first_params = init_fn(jax.random.key(0)) if init_fn is not None else params
     convolutional = _backend.uses_convolution(
-        lambda p: loss_fn(p, first_batch, key=jax.random.key(0)) if takes_key
-        else loss_fn(p, first_batch), first_params)
+        lambda p, s: model.loss(p, s, first_batch, jax.random.key(0))[0], model.params,
+        model.model_state)
     group, unroll = _backend.group_size(
         _backend.MAX_UNROLLED_STEPS if convolutional else num_steps, convolutional)
     if eval_fn is not None:  # its structure, before it is vmapped
         try:
-            shapes = jax.eval_shape(eval_fn, first_params)
+            shapes = jax.eval_shape(model.evaluate, model.params, model.model_state)
         except Exception as error:  # noqa: BLE001 - any failure to trace is the user's fn
             raise ValueError(f"eval_fn must be a JAX function of the parameters (it is "
                              f"vmapped over the members); tracing it failed: "
@@ -684,40 +842,39 @@ def parallel_range_test(
         _metric_values({k: np.zeros(np.shape(x)) for k, x in shapes.items()})
     num_groups = math.ceil(num_steps / group)
 
-    def start(lr, seed):
-        init_key, key = jax.random.split(jax.random.key(seed))
-        p = init_fn(init_key) if init_fn is not None else params
-        return p, optimizer(lr).init(p), jnp.bool_(True), key
+    def start(lr, p, s, key):
+        return p, s, optimizer(lr).init(p), jnp.bool_(True), key
 
     def advance(lr, carry, first_step):
-        p, state, ok, key = carry
+        p, s, state, ok, key = carry
         tx = optimizer(lr)
 
         def body(c, t):
-            p, state, ok = c
+            p, s, state, ok = c
             batch = jax.tree.map(lambda x: x[t % num_batches], batches)
-            if takes_key:
-                loss, grads = jax.value_and_grad(
-                    lambda q: loss_fn(q, batch, key=jax.random.fold_in(key, t)))(p)
-            else:
-                loss, grads = jax.value_and_grad(loss_fn)(p, batch)
+            (loss, new_s), grads = jax.value_and_grad(
+                lambda q: model.loss(q, s, batch, jax.random.fold_in(key, t)),
+                has_aux=True)(p)
             updates, new_state = tx.update(grads, state, p)
             # Stop a member at its first non-finite loss, and at num_steps (the last
             # group may run past it).
             ok = ok & jnp.isfinite(loss) & (t < num_steps)
             keep = lambda new, old: jax.tree.map(  # noqa: E731
                 lambda a, b: jnp.where(ok, a, b), new, old)
-            return (keep(optax.apply_updates(p, updates), p), keep(new_state, state), ok), \
+            return (keep(optax.apply_updates(p, updates), p), keep(new_s, s),
+                    keep(new_state, state), ok), \
                 jnp.where(ok, jnp.asarray(loss, jnp.float32), jnp.nan)
 
-        (p, state, ok), losses = _backend.scan(
-            body, (p, state, ok), first_step + jnp.arange(group), unroll=unroll)
-        return (p, state, ok, key), losses
+        (p, s, state, ok), losses = _backend.scan(
+            body, (p, s, state, ok), first_step + jnp.arange(group), unroll=unroll)
+        return (p, s, state, ok, key), losses
 
     def finish(carry):
-        metrics = dict(eval_fn(carry[0])) if eval_fn is not None else {}
+        metrics = dict(model.evaluate(carry[0], carry[1])) if eval_fn is not None else {}
         return {k: jnp.asarray(x, jnp.float32) for k, x in metrics.items()}
 
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs),
+                           *[(m.params, m.model_state, key) for m, key in starts])
     lrs = jnp.asarray(rates, jnp.float32)
     seeds_array = jnp.asarray(seeds, jnp.uint32)
     jit = functools.partial(jax.jit, compiler_options=compiler_options)
@@ -727,7 +884,7 @@ def parallel_range_test(
         def both(f, in_axes):  # vmap over rates (inner) and seeds (outer)
             return jit(jax.vmap(jax.vmap(f, in_axes=in_axes[0]), in_axes=in_axes[1]))
 
-        carry = both(start, ((0, None), (None, 0)))(lrs, seeds_array)
+        carry = both(start, ((0, None, None, None), (None, 0, 0, 0)))(lrs, *stacked)
         run_group = both(advance, ((0, 0, None), (None, 0, None)))
         parts = []
         bar = _progress(num_groups * group, "parallel range test", progress)
@@ -748,10 +905,10 @@ def parallel_range_test(
         rows, metric_rows = [], []
         bar = _progress(seeds_array.size * lrs.size * num_groups * group,
                         "parallel range test", progress)
-        for seed in seeds_array:
+        for first, _ in enumerate(seeds_array):
             row, metric_row = [], []
             for lr in lrs:
-                carry = start_j(lr, seed)
+                carry = start_j(lr, *jax.tree.map(lambda x: x[first], stacked))
                 parts = []
                 for g in range(num_groups):
                     carry, part = advance_j(lr, carry, jnp.int32(g * group))
@@ -776,5 +933,6 @@ def parallel_range_test(
         eval_metrics={k: np.asarray(x, np.float64) for k, x in metrics.items()},
         num_steps=num_steps,
         diverge_threshold=float(diverge_threshold),
+        eval_mode=model.eval_mode,
     )
 

@@ -147,14 +147,14 @@ def _recorded_curves():
     for path, keys in (("range_test_cifar10_small.json", ("tests", "linear", "result")),
                        ("range_test_cifar10_small.json", ("tests", "exponential", "result")),
                        ("figure3_range_test_cpu.json", ("curve",)),
-                       ("demo/range_test/range_test.json", ("result",))):
+                       ("demo/range_test/range_test.json", ("found", "results", 0))):
         data = json.loads((root / path).read_text())
         for key in keys:
             data = data[key]
         for kind in ("smoothed_losses", "losses"):
             losses = np.array([np.nan if x is None else x for x in data[kind]])
             found.append(pytest.param(np.asarray(data["learning_rates"]), losses,
-                                      id=f"{path.split('.')[0]}-{keys[-1]}-{kind}"))
+                                      id=f"{path.split('.')[0]}-{'-'.join(map(str, keys))}-{kind}"))
     rates = np.geomspace(1e-5, 1, 120)
     for shift in (0.3, 1.0, 3.0):
         loss = 2 - np.tanh(np.log(rates / 1e-3) / shift) + 30 * np.clip(rates - 0.2, 0, None)

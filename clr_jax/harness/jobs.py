@@ -38,13 +38,18 @@ def _report_folder(out, report: str, overwrite: bool) -> Path:
 @dataclasses.dataclass(frozen=True)
 class RangeTestPieces:
     """What `clr_jax.find_bounds` (or `clr_jax.range_test`) needs to test a harness
-    model: the loss of a batch of indices into the data set held on the device, each
-    seed's starting parameters and batches (in that seed's data order, as training
-    would read them), the test-set evaluation and the configured optimizer."""
+    model, in the public functional form with model state: the loss
+    ``loss_fn(params, model_state, batch) -> (loss, new_model_state)`` of a batch of
+    indices into the data set held on the device, each seed's starting parameters and
+    batches (in that seed's data order, as training would read them), the model's
+    starting state (BatchNorm statistics), the test-set evaluation
+    ``eval_fn(params, model_state)`` in evaluation mode (BatchNorm with the statistics
+    gathered during the test) and the configured optimizer."""
 
     loss_fn: Callable
     init_fn: Callable
     batches: Callable
+    model_state: Any
     eval_fn: Callable
     optimizer: Callable
     compiler_options: dict | None
@@ -69,21 +74,19 @@ def range_test_pieces(config: TrainConfig, dataset: ImageDataset, num_steps: int
         parts = ModelParts.build(config, dataset.num_classes, image_shape, key)
         return trainer.place(parts.params)
 
-    def loss_fn(params, batch):
+    def loss_fn(params, model_state, batch):
         images = data.prepare(data.train_images[batch["index"]])
-        return trainer.loss(params, state["rest"], images,
-                            data.train_labels[batch["index"]])[0]
+        return trainer.loss(params, model_state, images, data.train_labels[batch["index"]])
 
     options = trainer.compiler_options_for(num_steps)
-    # The range test updates only the parameters, so BatchNorm running statistics
-    # stay at their initial values: evaluate with batch statistics (train mode).
-    evaluate = jax.jit(make_eval_step(trainer.parts.graphdef, data), compiler_options=options)
+    evaluate = jax.jit(make_eval_step(trainer.parts.eval_graphdef, data),
+                       compiler_options=options)
 
-    def eval_fn(params):
-        metrics = evaluate(params, state["rest"])
+    def eval_fn(params, model_state):
+        metrics = evaluate(params, model_state)
         return {"accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}
 
-    return RangeTestPieces(loss_fn, init_fn, batches, eval_fn,
+    return RangeTestPieces(loss_fn, init_fn, batches, state["rest"], eval_fn,
                            lambda lr: trainer.parts.optimizer(config, lr), options)
 
 
@@ -121,7 +124,8 @@ def find_model_bounds(
         eval_fn=pieces.eval_fn, eval_every=eval_every,
         seeds=tuple(config.seed + i for i in range(repeats)), method=method,
         max_rounds=max_rounds, strict=strict, progress=progress,
-        compiler_options=pieces.compiler_options, on_round=on_round)
+        compiler_options=pieces.compiler_options, on_round=on_round,
+        model_state=pieces.model_state)
 
 
 def read_all(found: clr_jax.FoundBounds, methods: Sequence[str]) -> list[clr_jax.Bounds]:
