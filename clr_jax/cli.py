@@ -425,13 +425,19 @@ def _found_bounds(args, dataset, num_steps: int):
         say(f"bounds from {folder / 'range_test.json'}: {bounds.describe()}")
         return bounds
     from clr_jax.harness.rundir import RunDir
+    from clr_jax.range_test import _check_common
 
-    RunDir(args.out, overwrite=args.overwrite)  # refuse a used folder before testing
     options = _range_test_options(args, "--range-test-repeats", "--range-test-rounds")
     steps = args.range_test_steps
     if steps < 2:
         raise UsageError(f"--range-test-steps must be >= 2, got {steps}")
+    if not args.range_test_max_lr > args.range_test_min_lr > 0:
+        raise UsageError("--range-test-max-lr must be > --range-test-min-lr > 0, got "
+                         f"{args.range_test_min_lr:g} and {args.range_test_max_lr:g}")
+    _check_common(args.range_test_min_lr, args.range_test_max_lr, steps, "exponential")
     config = _train_config(args, steps, eval_every=max(1, steps // 20))
+    config.validate(dataset)
+    RunDir(args.out, overwrite=args.overwrite)  # refuse a used folder before testing
     import time
 
     started = time.perf_counter()

@@ -187,6 +187,13 @@ class TestTrainAndRangeTest:
         (["train", "--out", "{tmp}/file/a", "--steps", "5", "--policy", "fixed",
           "--base-lr", "0.1"], "cannot write to"),
         (["range-test", "--out", "{tmp}/b", "--steps", "1"], "--steps must be an integer >= 2"),
+        (["range-test", "--out", "{tmp}/b", "--steps", "5", "--min-lr", "0.1", "--max-lr",
+          "0.01"], "max_lr must be > min_lr"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--bounds", "auto",
+          "--range-test-min-lr", "1", "--range-test-max-lr", "0.1"],
+         "--range-test-max-lr must be > --range-test-min-lr > 0"),
+        (["train", "--out", "{tmp}/a", "--steps", "5", "--bounds", "auto",
+          "--range-test-repeats", "0"], "--range-test-repeats must be >= 1"),
         (["range-test", "--out", "{tmp}/b", "--steps", "5", "--min-lr", "0.5", "--max-lr",
           "0.1"], "max_lr must be > min_lr"),
         (["train", "--dataset", "{tmp}/broken.tar.gz", "--out", "{tmp}/a", "--steps", "5",
@@ -240,9 +247,17 @@ class TestTrainAndRangeTest:
         err = capsys.readouterr().err
         assert code == cli.EXIT_USAGE and match in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
-        for run in ("a", "b", "c"):  # nothing written that would block the corrected rerun
-            assert not any((tmp_path / run / name).exists()
-                           for name in ("summary.json", "metrics.jsonl", "checkpoints"))
+        for run in ("a", "b", "c"):  # bad settings are refused before anything is written
+            assert not (tmp_path / run).exists(), run
+
+    def test_a_diverging_run_names_the_flag_not_the_argument(self, tmp_path, capsys):
+        code = cli.main(["train", "--model", "mlp", "--batch-size", "48", "--steps", "8",
+                         "--eval-every", "4", "--policy", "fixed", "--base-lr", "1e30",
+                         "--no-progress", "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert code == 1 and "the loss became" in err
+        assert "--overwrite" in err and "overwrite=True" not in err
+        assert err.count("\n") == 1 and "Traceback" not in err
 
     def test_resume_of_a_finished_run_changes_nothing(self, tmp_path, capsys):
         argv = ["train", "--model", "mlp", "--batch-size", "48", "--steps", "4",

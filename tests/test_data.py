@@ -51,11 +51,11 @@ class TestData:
         assert d.train_images.shape == (5000, 32, 32, 3) and d.test_images.shape[0] == 1000
         np.testing.assert_array_equal(np.bincount(d.train_labels), [500] * 10)
 
-    def test_unknown_dataset_and_tfds_without_network(self, tmp_path):
+    def test_unknown_dataset(self, tmp_path):
         with pytest.raises(ValueError, match="unknown data set 'imagenet7'"):
-            load_dataset("imagenet7")
-        with pytest.raises(ValueError, match="cifar10"):
-            load_dataset("cifar10", tmp_path)
+            load_dataset("imagenet7", tmp_path)
+        with pytest.raises(ValueError, match="unknown data set 'no such/place!'"):
+            load_dataset("no such/place!")
 
     @pytest.mark.skipif(not SHARED_CIFAR.exists(),
                         reason=f"CIFAR-10 archive not found at {SHARED_CIFAR}")
@@ -182,7 +182,7 @@ def test_image_dataset_refuses_what_does_not_fit(change, match):
         ImageDataset(**{**_arrays(), **change})
 
 
-def test_tfds_errors_name_no_command_line_flag(tmp_path, monkeypatch):
+def test_without_tensorflow_datasets_the_error_says_what_to_install(tmp_path, monkeypatch):
     import builtins
 
     real = builtins.__import__
@@ -194,9 +194,138 @@ def test_tfds_errors_name_no_command_line_flag(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_tfds)
     with pytest.raises(ValueError) as error:
-        data_module.load_tfds("cifar10", tmp_path)
+        data_module.load_dataset("cifar10", tmp_path)
     assert "--data " not in str(error.value) and "Error)" not in str(error.value)
-    assert "pip install tensorflow-datasets" in str(error.value)
+    assert 'pip install "clr-jax[tfds]"' in str(error.value)
+
+
+# -- tensorflow-datasets for real: a set built here, read as --dataset reads it ------------
+
+tfds = pytest.importorskip("tensorflow_datasets")
+TFDS_SOURCE = {}  # the image folder the builder below reads, set by the test
+
+
+class ClrJaxTestFolder(tfds.core.GeneratorBasedBuilder):
+    """A real tfds image set made from a small image folder (PNG files passed as they
+    are, so preparing needs no TensorFlow)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 3)),
+                "label": tfds.features.ClassLabel(names=["cat", "dog", "emu"])}),
+            supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(TFDS_SOURCE["root"] / split)
+                for split in ("train", "test")}
+
+    def _generate_examples(self, folder):
+        for path in sorted(folder.glob("*/*.png")):
+            yield f"{path.parent.name}/{path.name}", {"image": path, "label": path.parent.name}
+
+
+class ClrJaxTestDownload(tfds.core.GeneratorBasedBuilder):
+    """A set whose files must be downloaded, from a port where nothing listens: the
+    download fails as it does without internet."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(
+                num_classes=2)}))
+
+    def _split_generators(self, dl_manager):
+        dl_manager.download("http://127.0.0.1:9/clr-jax-test.tar.gz")
+        return {}
+
+    def _generate_examples(self):
+        yield from ()
+
+
+def _png_folder(root):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5), ("test", 2)):
+        for c, name in enumerate(("cat", "dog", "emu")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) // (c + 1)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def test_a_tfds_set_is_read_as_the_command_line_reads_it(tmp_path, capsys):
+    """A set prepared here as ArrayRecord (no TensorFlow, no internet) is read by the
+    same call `--dataset NAME --data-dir DIR` makes; its images and labels are the
+    source files'."""
+    from PIL import Image
+
+    from clr_jax import cli
+
+    TFDS_SOURCE["root"] = tmp_path / "images"
+    _png_folder(TFDS_SOURCE["root"])
+    data_dir = tmp_path / "tfds"
+    ClrJaxTestFolder(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+
+    dataset = data_module.load_dataset("clr_jax_test_folder", data_dir)
+    assert dataset.class_names == ("cat", "dog", "emu")
+    for split in ("train", "test"):
+        expected = {}
+        for path in (TFDS_SOURCE["root"] / split).glob("*/*.png"):
+            image = np.asarray(Image.open(path).convert("RGB"))
+            expected[image.tobytes()] = ("cat", "dog", "emu").index(path.parent.name)
+        images = getattr(dataset, f"{split}_images")
+        labels = getattr(dataset, f"{split}_labels")
+        assert len(images) == len(expected)  # every file, once (tfds shuffles the order)
+        for image, label in zip(images, labels):
+            assert expected[image.tobytes()] == label
+    # the command line takes the same path
+    code = cli.main(["train", "--dataset", "clr_jax_test_folder", "--data-dir", str(data_dir),
+                     "--model", "mlp", "--batch-size", "4", "--steps", "3",
+                     "--policy", "fixed", "--base-lr", "0.01", "--no-progress",
+                     "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    # a second load reads the cache; a damaged cache is discarded and rebuilt
+    cached = next(data_module.cache_dir().glob("tfds-clr_jax_test_folder.*.npz"))
+    cached.write_bytes(cached.read_bytes()[:200])
+    again = data_module.load_dataset("clr_jax_test_folder", data_dir)
+    np.testing.assert_array_equal(again.train_images, dataset.train_images)
+    assert "do not read back whole" in capsys.readouterr().err
+
+
+def test_a_set_that_cannot_be_downloaded_says_where_to_put_it(tmp_path):
+    with pytest.raises(ValueError) as error:
+        data_module.load_dataset("clr_jax_test_download", tmp_path / "tfds")
+    message = str(error.value)
+    assert message.startswith("could not download and prepare data set "
+                              "'clr_jax_test_download'")
+    assert "--data-dir DIR" in message and "tfds build clr_jax_test_download" in message
+
+
+def test_an_unknown_name_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown data set 'no_such_set_anywhere'"):
+        data_module.load_dataset("no_such_set_anywhere", tmp_path)
+
+
+def test_the_suite_keeps_its_caches_out_of_home():
+    """conftest.py points every cache at a temporary folder (the data cache, tfds's and
+    matplotlib's) and turns the compilation cache off, as the command line would find
+    it; the session itself fails if ~/.cache/clr_jax changes."""
+    import os
+    from pathlib import Path
+
+    from clr_jax.harness.compilation import enable_compilation_cache
+
+    home = Path.home() / ".cache"
+    assert not data_module.cache_dir().is_relative_to(home)
+    assert enable_compilation_cache() is None
+    for variable in ("TFDS_DATA_DIR", "MPLCONFIGDIR"):
+        assert not Path(os.environ[variable]).is_relative_to(Path.home())
 
 
 def test_overlapping_writers_of_one_file_each_write_it_whole(tmp_path):

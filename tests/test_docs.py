@@ -21,6 +21,49 @@ def test_code_blocks_run(page):
         exec(code, namespace)  # noqa: S102 - the docs' own examples
 
 
+def _readme_commands():
+    """Every `clr-jax ...` command of the README's shell blocks, continuation lines joined
+    and comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("clr-jax "):
+                commands.append(line)
+            elif "&& clr-jax " in line:
+                commands.append("clr-jax " + line.split("&& clr-jax ", 1)[1])
+    return commands
+
+
+def _shortened(argv):
+    """The command with long runs cut short: steps, evaluation and checkpoint intervals."""
+    out, limits = [], {"--steps": 60 if argv[0] == "range-test" else 10,
+                       "--eval-every": 5, "--checkpoint-every": 5}
+    for flag, value in zip([None, *argv], argv):
+        out.append(str(min(int(value), limits[flag])) if flag in limits else value)
+    return out + ([] if argv[0] == "schedule" else ["--no-progress"])
+
+
+@pytest.mark.parametrize("command", _readme_commands())
+def test_readme_commands_run_as_written(command, tmp_path):
+    """A newcomer's copy of the README's commands runs on a fresh clone: those on the
+    bundled sample run here (shortened); those on other data are skipped."""
+    import shlex
+    import subprocess
+    import sys
+
+    argv = shlex.split(command)[1:]
+    dataset = argv[argv.index("--dataset") + 1] if "--dataset" in argv else "sample"
+    if dataset != "sample":
+        pytest.skip(f"needs data a fresh clone does not have: {dataset}")
+    if argv[0] == "demo":
+        pytest.skip("the demo takes 2 minutes; tests/test_jobs.py runs its job")
+    done = subprocess.run([sys.executable, "-m", "clr_jax", *_shortened(argv)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
 def test_readme_quotes_the_committed_demo_report():
     """The README's account of `clr-jax demo` is the committed report's, word for word, and
     its account of how much the demo varies is the committed stability study's."""

@@ -305,6 +305,22 @@ def test_plots(tmp_path, linear_result):
     assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").exists()
 
 
+def test_the_plot_names_every_rule_below_the_curves(linear_result):
+    """Every rule read (more than the colours of one cycle) has its legend entry, with
+    its interval and verdict, and the legend sits below the axes, off the curves."""
+    methods = [m for m in clr_jax.suggest.METHODS if m not in ("auto", "paper", "paper_peak")]
+    bounds = [clr_jax.suggest_bounds(linear_result, m) for m in methods]
+    figure = plotting.plot_range_test(linear_result, bounds)
+    axes = figure.axes[0]
+    labels = [t.get_text() for t in axes.get_legend().get_texts()]
+    for b in bounds:
+        entry = next(label for label in labels if label.startswith(f"{b.method}: "))
+        assert f"{b.max_lr:.3g}" in entry and ("flagged" in entry) == (not b.trusted)
+    figure.canvas.draw()
+    legend = axes.get_legend().get_window_extent()
+    assert legend.y1 <= axes.get_window_extent().y0  # below the axes
+
+
 def test_convolutional_models_take_the_unrolled_path_with_same_numbers(monkeypatch):
     """On CPU a conv model runs in unrolled groups; losses equal a plain Python loop."""
     rt = importlib.import_module("clr_jax.range_test")  # the module, not the function

@@ -1,5 +1,7 @@
 """Image data sets as uint8 arrays: local image folders (a directory or a .tar.gz), the
-CIFAR-10 sample bundled with the package, and prepared tensorflow-datasets sets.
+CIFAR-10 sample bundled with the package, and tensorflow-datasets sets (downloaded and
+prepared by tfds where there is internet; read without TensorFlow where they are
+prepared as ArrayRecord).
 
 An image folder has the layout that ``tfds.folder_dataset.ImageFolder`` reads::
 
@@ -9,7 +11,9 @@ An image folder has the layout that ``tfds.folder_dataset.ImageFolder`` reads::
 It is read here with Pillow rather than through tensorflow-datasets, so that the
 harness does not need TensorFlow. Decoding tens of thousands of JPEGs takes a while, so
 the decoded arrays are cached as an ``.npz`` and reused while no file in the folder (or
-the archive) has changed its name, size or modification time.
+the archive, or the prepared tfds set) has changed its name, size or modification time.
+A cache file that does not read back whole is discarded and rebuilt, with one line
+saying so.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import dataclasses
 import hashlib
 import io
 import os
+import re
+import sys
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -181,11 +188,8 @@ def load_image_folder(source: str | os.PathLike, *, use_cache: bool = True) -> I
             "holding train/<class>/*.jpg and test/<class>/*.jpg."
         )
     cached = cache_dir() / f"{source.name}.{_source_key(source)}.npz"
-    if use_cache and cached.exists():
-        with np.load(cached) as data:
-            return ImageDataset(data["train_images"], data["train_labels"],
-                                data["test_images"], data["test_labels"],
-                                tuple(str(c) for c in data["class_names"]))
+    if use_cache and (dataset := _read_cache(cached, str(source))) is not None:
+        return dataset
     images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     classes: dict[str, list[str]] = {"train": [], "test": []}
     for split, label, name, data in _members(source):
@@ -216,14 +220,41 @@ def load_image_folder(source: str | os.PathLike, *, use_cache: bool = True) -> I
         arrays[f"{split}_labels"] = np.array([index[c] for c in classes[split]], np.int32)
     dataset = ImageDataset(class_names=names, **arrays)
     if use_cache:
-        # a folder that cannot be written only loses the cache, not the run
-        with contextlib.suppress(ValueError), atomic_write(cached, "wb") as f:
-            np.savez(f, class_names=np.array(names), **arrays)
+        _write_cache(cached, dataset)
     return dataset
 
 
-TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist")
+def _read_cache(path: Path, source: str) -> ImageDataset | None:
+    """The data set cached in ``path``, or None when there is none or it does not read
+    back whole (cut short, damaged: the zip's checksums catch it), in which case the
+    file is removed, with one line saying so, and the data are read from ``source``."""
+    if not path.exists():
+        return None
+    try:
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as data:
+            return ImageDataset(data["train_images"], data["train_labels"],
+                                data["test_images"], data["test_labels"],
+                                tuple(str(c) for c in data["class_names"]))
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError, zlib.error) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        print(f"clr-jax: the cached arrays {path} do not read back whole ({reason}); "
+              f"removed, reading {source} again", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+
+
+def _write_cache(path: Path, dataset: ImageDataset) -> None:
+    # a folder that cannot be written only loses the cache, not the run
+    with contextlib.suppress(ValueError, OSError), atomic_write(path, "wb") as f:
+        np.savez(f, class_names=np.array(dataset.class_names),
+                 train_images=dataset.train_images, train_labels=dataset.train_labels,
+                 test_images=dataset.test_images, test_labels=dataset.test_labels)
+
+
 SAMPLE = "sample"
+_TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.-]+)?(:[0-9.*]+)?$")
+TFDS_INSTALL = 'pip install "clr-jax[tfds]"'
 
 
 def bundled_sample_path() -> Path:
@@ -231,50 +262,151 @@ def bundled_sample_path() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / "cifar10_sample.tar.gz"
 
 
-def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> ImageDataset:
-    """Loads a prepared tensorflow-datasets image set into uint8 arrays.
+def _has_tensorflow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+@contextlib.contextmanager
+def _fail_fast_offline():
+    """tfds retries a failed download 10 times with exponential backoff (about 200 s
+    before it gives up on a machine without internet) and sets no timeout; here it
+    retries 3 times, and a connection that hangs gives up after 60 s."""
+    import socket
+
+    from tensorflow_datasets.core.download import downloader
+
+    retries, timeout = downloader.MAX_RETRIES, socket.getdefaulttimeout()
+    downloader.MAX_RETRIES = min(retries, 3)
+    socket.setdefaulttimeout(60 if timeout is None else timeout)
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = retries
+        socket.setdefaulttimeout(timeout)
+
+
+def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *,
+              download: bool = True, use_cache: bool = True) -> ImageDataset:
+    """A tensorflow-datasets image set (``"cifar10"``, ``"mnist"``, any registered name,
+    with an optional ``:version``) as uint8 arrays.
+
+    Where the set is not prepared in ``data_dir`` and ``download`` is on, tfds downloads
+    and prepares it (this needs internet; preparing image sets needs TensorFlow, or
+    they are prepared as ArrayRecord without it where the set's own code allows). A set
+    prepared as ArrayRecord is read with ``tfds.data_source``, without TensorFlow; one
+    prepared as TFRecord (tfds's default) with ``as_dataset``, which needs TensorFlow.
+    The decoded arrays are cached as for an image folder.
 
     Raises:
-      ValueError: if tensorflow-datasets is not installed or the set is not prepared in
-        ``data_dir`` (nothing is downloaded).
+      ValueError: naming what to install, or where to put the prepared files, when the
+        set cannot be read.
     """
     try:
         import tensorflow_datasets as tfds
     except ImportError:
         raise ValueError(
-            f"data set {name!r} needs tensorflow-datasets: pip install tensorflow-datasets "
-            "tensorflow; or give the path of an image folder or .tar.gz instead."
-        ) from None
+            f"unknown data set {name!r}: no such folder or .tar.gz; if it is a "
+            f"tensorflow-datasets name, install tensorflow-datasets: {TFDS_INSTALL} (or pip "
+            "install tensorflow-datasets array_record)") from None
+    folder = None if data_dir is None else os.fspath(Path(data_dir).expanduser())
     try:
-        builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
-        train, test = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1))
-        names = tuple(builder.info.features["label"].names)
-    except Exception:  # tfds raises many types for a missing or broken set
-        raise ValueError(
-            f"data set {name!r} is not prepared in {data_dir or 'the default tfds folder'} "
-            "and nothing is downloaded here; give data_dir, the folder of a prepared copy, "
-            "or the path of an image folder or .tar.gz instead."
-        ) from None
-    return ImageDataset(train["image"].astype(np.uint8), train["label"].astype(np.int32),
-                        test["image"].astype(np.uint8), test["label"].astype(np.int32), names)
+        builder = tfds.builder(name, data_dir=folder)
+    except Exception as error:  # noqa: BLE001 - tfds raises many types for a bad name
+        raise ValueError(f"unknown data set {name!r}: not a tensorflow-datasets name "
+                         f"({_first_line(error)}), nor a folder or .tar.gz that exists; see "
+                         "tfds.list_builders() for the names.") from None
+    where = folder or "tensorflow-datasets' default folder (~/tensorflow_datasets)"
+    if not builder.is_prepared():
+        if not download:
+            raise ValueError(f"data set {name!r} is not prepared in {where}; prepare it "
+                             f"there (tfds build {name}) or allow the download.")
+        file_format = "tfrecord" if _has_tensorflow() else "array_record"
+        try:
+            with _fail_fast_offline():
+                builder.download_and_prepare(file_format=file_format)
+        except Exception as error:  # noqa: BLE001 - network, TensorFlow, disk, ...
+            hint = "" if _has_tensorflow() else (
+                " Preparing an image set usually needs TensorFlow: pip install tensorflow.")
+            raise ValueError(
+                f"could not download and prepare data set {name!r} into {where}: "
+                f"{_first_line(error)}.{hint} Without internet, prepare it on a machine "
+                f"that has it (tfds build {name} --data_dir DIR --file_format array_record) "
+                "and copy DIR here, then pass --data-dir DIR (data_dir=DIR); or give the "
+                "path of an image folder or .tar.gz instead.") from None
+    prepared = Path(builder.data_dir)
+    cached = cache_dir() / f"tfds-{name.replace('/', '-')}.{_source_key(prepared)}.npz"
+    if use_cache and (dataset := _read_cache(cached, f"{name} in {prepared}")) is not None:
+        return dataset
+    info = builder.info
+    image_key, label_key = info.supervised_keys or ("image", "label")
+    missing = [s for s in ("train", "test") if s not in info.splits]
+    if missing:
+        raise ValueError(f"data set {name!r} has no {missing[0]!r} split (it has "
+                         f"{', '.join(info.splits)}); clr-jax trains on 'train' and "
+                         "tests on 'test'.")
+    arrays = {}
+    array_record = str(info.file_format).lower().endswith("array_record")
+    try:
+        if array_record:
+            source = tfds.data_source(name, data_dir=folder, download=False)
+            for split in ("train", "test"):
+                records = source[split]
+                arrays[split] = [np.stack([np.asarray(records[i][image_key])
+                                           for i in range(len(records))]),
+                                 np.array([int(records[i][label_key])
+                                           for i in range(len(records))])]
+        elif _has_tensorflow():
+            for split in ("train", "test"):
+                data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+                arrays[split] = [data[image_key], data[label_key]]
+        else:
+            raise ValueError(
+                f"data set {name!r} in {prepared} is prepared as TFRecord, which needs "
+                "TensorFlow to read: pip install tensorflow; or prepare it as ArrayRecord "
+                f"(tfds build {name} --file_format array_record), which clr-jax reads "
+                "without TensorFlow.")
+    except ValueError:
+        raise  # ours, with its message
+    except Exception as error:  # noqa: BLE001 - a damaged or partial set
+        raise ValueError(f"cannot read data set {name!r} from {prepared}: "
+                         f"{_first_line(error)}; prepare it again.") from None
+    names = tuple(info.features[label_key].names) \
+        if hasattr(info.features[label_key], "names") else \
+        tuple(str(i) for i in range(int(max(arrays["train"][1].max(),
+                                                arrays["test"][1].max())) + 1))
+    dataset = ImageDataset(arrays["train"][0].astype(np.uint8),
+                           arrays["train"][1].astype(np.int32),
+                           arrays["test"][0].astype(np.uint8),
+                           arrays["test"][1].astype(np.int32), names)
+    if use_cache:
+        _write_cache(cached, dataset)
+    return dataset
 
 
 def load_dataset(dataset: str = SAMPLE, data_dir: str | os.PathLike | None = None
                  ) -> ImageDataset:
-    """Loads ``"sample"`` (bundled), a tfds name, or an image folder / .tar.gz path.
+    """Loads ``"sample"`` (bundled), an image folder / .tar.gz path, or a
+    tensorflow-datasets name (`load_tfds`: downloaded and prepared where there is
+    internet, in ``data_dir``).
 
     Raises:
       ValueError: naming what was given and what is accepted.
     """
     if dataset == SAMPLE:
         return load_image_folder(bundled_sample_path())
-    if dataset in TFDS_NAMES:
-        return load_tfds(dataset, data_dir)
     path = Path(dataset).expanduser()
     if path.exists():
         return load_image_folder(path)
+    if _TFDS_NAME.match(dataset):
+        return load_tfds(dataset, data_dir)
     raise ValueError(
-        f"unknown data set {dataset!r}: give 'sample' (bundled CIFAR-10 sample), one of "
-        f"{', '.join(TFDS_NAMES)} (tensorflow-datasets, prepared in --data-dir), or the path "
-        "of an image folder or .tar.gz with train/<class>/ and test/<class>/."
+        f"unknown data set {dataset!r}: give 'sample' (bundled CIFAR-10 sample), a "
+        "tensorflow-datasets name such as cifar10 (downloaded and prepared in --data-dir), "
+        "or the path of an image folder or .tar.gz with train/<class>/ and test/<class>/."
     )

@@ -20,6 +20,7 @@ from clr_jax.harness import distributed
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.rundir import RunDir
 from clr_jax.harness.train import Trainer, TrainConfig, make_eval_step
+from clr_jax.range_test import _check_common as _check_range
 
 __all__ = ["RangeTestPieces", "compare", "find_model_bounds", "range_test_pieces", "read_all",
            "run_demo", "run_range_test", "write_range_test_report"]
@@ -185,6 +186,8 @@ def run_range_test(
     Batches are index arrays into the data set held on the device, so the test reads
     the same shuffled, preprocessed batches as training would.
     """
+    _check_range(min_lr, max_lr, num_steps, mode)  # refused before anything is written
+    config.validate(dataset)
     out = _report_folder(out, "range_test.json", overwrite)
     started = time.perf_counter()
     try:

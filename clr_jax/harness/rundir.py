@@ -158,6 +158,9 @@ class RunDir:
                 "or overwrite=True to replace it (or choose another folder)."
             )
         self._manager = None
+        if resume and not self.path.exists():  # refused before the folder is made
+            raise ValueError(f"nothing to resume in {self.path}: the folder does not exist; "
+                             "start the run without resume=True.")
         distributed.on_primary(lambda: self._prepare(overwrite), f"prepare {self.path}")
 
     def _prepare(self, overwrite: bool) -> None:

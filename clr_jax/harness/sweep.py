@@ -289,6 +289,10 @@ def sweep(
     """
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy}.")
+    for name, value in (("members_per_chunk", members_per_chunk),
+                        ("member_devices", member_devices)):
+        if value is not None:
+            v.positive_int(name, value)
     config.validate(dataset)  # before the folder is touched
     run_dir = RunDir(out, resume=resume, overwrite=overwrite)
     if resume and run_dir.finished("sweep.json") is None:
