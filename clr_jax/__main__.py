@@ -1,5 +1,5 @@
 """``python -m clr_jax`` runs the ``clr-jax`` command line."""
 
-from clr_jax.cli import main
+from clr_jax.cli import main_entry
 
-raise SystemExit(main())
+main_entry()

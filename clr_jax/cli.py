@@ -8,6 +8,8 @@ what was wrong, and `main` prints it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import signal
 import sys
@@ -271,6 +273,8 @@ def _add_data_model_flags(parser: argparse.ArgumentParser, *, steps_help: str) -
     run.add_argument("--out", required=True, type=Path, help="output folder")
     run.add_argument("--overwrite", action="store_true", help="replace results in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--verbose", action="store_true",
+                     help="show the libraries' own logging (Orbax, absl, TensorStore, tfds)")
     hosts = parser.add_argument_group(
         "several processes", "run one process per host (or per device group), all with the "
         "same command; see docs/guide/training.md")
@@ -691,12 +695,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool):
+    """Orbax, absl, TensorStore and tensorflow-datasets log through Python's logging (and
+    absl's): their messages stay out of the terminal unless --verbose asks for them;
+    clr-jax says in one line what went wrong. Orbax's asynchronous reads also leave
+    failed coroutines and closed event loops behind when a checkpoint is damaged, which
+    Python would report at exit; clr-jax reports the damage itself."""
+    if verbose:
+        yield
+        return
+    import logging
+    import threading
+
+    loggers = {name: logging.getLogger(name) for name in
+               ("absl", "orbax", "jax", "tensorstore", "tensorflow_datasets", "etils")}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    for logger in loggers.values():
+        logger.setLevel(logging.CRITICAL + 1)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    hooks = sys.unraisablehook, threading.excepthook
+    sys.unraisablehook = lambda info: None
+    threading.excepthook = lambda args: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook, threading.excepthook = hooks
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     parser = build_parser()
     args = None
     try:
         args = parser.parse_args(argv)
+        with _quiet_libraries(getattr(args, "verbose", False)):
+            return _run(parser, args, argv)
+    except UsageError as error:
+        print(f"clr-jax: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(parser, args, argv) -> int:
+    """The command, with every user error as one line."""
+    try:
         if args.command != "schedule" and _harness_names() is None:
             raise UsageError(HARNESS_MISSING)
         if args.command == "sweep" and args.config is not None:
@@ -733,9 +777,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - TrainingError and friends, one line
+        from clr_jax.harness.rundir import StorageError
         from clr_jax.harness.train import TrainingError
 
-        if isinstance(error, TrainingError):
+        if isinstance(error, (TrainingError, StorageError)):
             print(f"clr-jax: error: {in_flags(str(error))}", file=sys.stderr)
             return 1
         raise
@@ -743,4 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def main_entry() -> None:
     """Console-script entry point."""
-    raise SystemExit(main())
+    code = main()
+    if "--verbose" not in sys.argv:
+        # what Orbax's abandoned coroutines would report as the interpreter exits
+        sys.unraisablehook = lambda info: None
+    raise SystemExit(code)

@@ -140,9 +140,9 @@ class TestTraining:
     def test_resume_needs_something_to_resume_and_leaves_a_finished_run_alone(self, tmp_path):
         config = TrainConfig(num_steps=10, eval_every=10, log_every=5, checkpoint_every=5,
                              schedule={"policy": "fixed", "base_lr": 0.01}, **MLP_CONFIG)
-        with pytest.raises(ValueError, match="nothing to resume in .*no checkpoint"):
+        with pytest.raises(ValueError, match="nothing to resume in .*the folder does not exist"):
             train(config, tiny_dataset(), tmp_path / "new", resume=True, progress=False)
-        assert not (tmp_path / "new" / "config.json").exists()
+        assert not (tmp_path / "new").exists()  # refused before the folder is made
         done = train(config, tiny_dataset(), tmp_path / "run", progress=False)
         again = train(config, tiny_dataset(), tmp_path / "run", resume=True, progress=False)
         assert again["finished_before"] and again["fingerprint"] == done["fingerprint"]

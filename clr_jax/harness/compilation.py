@@ -4,7 +4,11 @@ second run of the same job, in a new process, skips compilation.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import warnings
+import zlib
 from pathlib import Path
 
 import jax
@@ -42,6 +46,50 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: run without the cache
         return None
+    discard_damaged_entries(folder)
+    # a damaged entry left by another process is compiled anew; the one line above
+    # (or the next run's) says so, JAX's warning per entry is not needed
+    warnings.filterwarnings("ignore", message="Error reading persistent compilation cache",
+                            category=UserWarning)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     return folder
+
+
+def _decompresses(data: bytes) -> bool:
+    """Whether an entry's bytes decompress as JAX writes them (zstandard when it is
+    installed, zlib otherwise); both check their streams, so a cut or damaged entry
+    fails."""
+    try:
+        import zstandard
+    except ImportError:
+        zstandard = None
+    if zstandard is not None:
+        with contextlib.suppress(Exception):
+            zstandard.ZstdDecompressor().decompress(data)
+            return True
+    try:
+        zlib.decompress(data)
+    except zlib.error:
+        return False
+    return True
+
+
+def discard_damaged_entries(folder: str | os.PathLike) -> list[Path]:
+    """Removes the entries of the compilation cache in ``folder`` that do not read back
+    whole (cut short or damaged, e.g. by a full disk or a killed process), with one line
+    saying so; their programs are compiled again when next needed. Returns them."""
+    damaged = []
+    for path in Path(folder).glob("*-cache"):
+        try:
+            whole = _decompresses(path.read_bytes())
+        except OSError:
+            whole = False
+        if not whole:
+            damaged.append(path)
+            with contextlib.suppress(OSError):
+                path.unlink()
+    if damaged:
+        print(f"clr-jax: {len(damaged)} entries of the compilation cache {folder} did not "
+              "read back whole; removed, their programs are compiled again", file=sys.stderr)
+    return damaged

@@ -22,10 +22,65 @@ import numpy as np
 from clr_jax._io import atomic_write, write_json
 from clr_jax.harness import distributed
 
-__all__ = ["RunDir", "Steppable", "TensorBoardWriter", "Terminated", "interrupts_deferred",
-           "read_metrics", "run_loop"]
+__all__ = ["RunDir", "Steppable", "StorageError", "TensorBoardWriter", "Terminated",
+           "interrupts_deferred", "read_metrics", "run_loop", "tree_digest"]
 
-RESULT_FILES = ("summary.json", "metrics.jsonl", "config.json", "checkpoints", "tensorboard")
+RESULT_FILES = ("summary.json", "metrics.jsonl", "config.json", "checkpoints", "tensorboard",
+                "checkpoint_digests.json")
+DIGESTS = "checkpoint_digests.json"
+
+
+class StorageError(Exception):
+    """The run's folder could not be written (a full disk, a lost mount): the message
+    says what was being written, what is kept and how to go on."""
+
+
+def tree_digest(tree: Any) -> str:
+    """sha256 over the dtype, shape and bytes of every leaf, in tree order (PRNG keys by
+    their key data): equal iff bit-identical."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        array = np.asarray(leaf)
+        digest.update(str(array.dtype).encode() + str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _reason(error: BaseException) -> str:
+    """An exception in a few words: its first line, or its cause's."""
+    while error.__cause__ is not None and not str(error).strip():
+        error = error.__cause__
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = text.split(" See full TensorStore details")[0].rstrip(".")
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _no_space(error: BaseException) -> bool:
+    seen = error
+    while seen is not None:
+        if getattr(seen, "errno", None) == 28 or "No space left on device" in str(seen) \
+                or "RESOURCE_EXHAUSTED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _quiet_threads() -> Iterator[None]:
+    """Exceptions that Orbax's worker threads do not catch are reported by the error the
+    save or restore raises; they are not printed a second time (with tracebacks)."""
+    import threading
+
+    previous = threading.excepthook
+    threading.excepthook = lambda args: None
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def read_metrics(path: str | os.PathLike, up_to_step: int | None = None) -> list[dict]:
@@ -265,12 +320,72 @@ class RunDir:
         return None if step is None else int(step)
 
     def save(self, step: int, state: Any) -> None:
-        """Saves ``state`` at ``step``, completely, with Ctrl-C held back meanwhile."""
+        """Saves ``state`` at ``step``, completely, with Ctrl-C held back meanwhile, and
+        records the digest of its contents (checked when it is restored).
+
+        Raises:
+          StorageError: when the save fails (a full disk): the partial checkpoint is
+            removed, the earlier ones and the metrics are kept.
+        """
         import orbax.checkpoint as ocp
 
         with interrupts_deferred():
-            self.checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
+            try:
+                with _quiet_threads():
+                    self.checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
+                    self.checkpoints.wait_until_finished()
+                if jax.process_count() == 1:  # a process sees only its shards otherwise
+                    self._record_digest(step, tree_digest(state))
+            except Exception as error:  # noqa: BLE001 - whatever Orbax raises for it
+                self._remove_partial(step)
+                last = self._reload_steps()
+                kept = (f"the checkpoint of step {last[-1]} and metrics.jsonl are kept"
+                        if last else "metrics.jsonl is kept (no earlier checkpoint)")
+                what = ("no space left on device" if _no_space(error) else _reason(error))
+                raise StorageError(
+                    f"{what} while saving the checkpoint of step {step} in "
+                    f"{self.path / 'checkpoints'}; the partial checkpoint was removed, {kept}. "
+                    + ("Free some space there (or move the run folder), then run the same "
+                       "command with resume=True." if _no_space(error) else
+                       "Fix the folder, then run the same command with resume=True.")
+                ) from None
+
+    def _digests(self) -> dict[str, str]:
+        path = self.path / DIGESTS
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):  # a damaged record checks nothing
+            return {}
+
+    def _record_digest(self, step: int, digest: str) -> None:
+        kept = {str(s) for s in self._reload_steps()}
+        digests = {k: x for k, x in self._digests().items() if k in kept}
+        digests[str(step)] = digest
+        distributed.on_primary(lambda: write_json(self.path / DIGESTS, digests),
+                               "record the checkpoint's digest")
+
+    def _reload_steps(self) -> list[int]:
+        with contextlib.suppress(Exception):
+            self.checkpoints.reload()
+        try:
+            return sorted(int(s) for s in self.checkpoints.all_steps())
+        except Exception:  # noqa: BLE001 - an unreadable folder has no usable step
+            return []
+
+    def _remove_partial(self, step: int) -> None:
+        """Orbax's temporary folders of an unfinished save, and the step's own folder if
+        the save got as far as naming it; first the manager's background work is let
+        finish (or fail), so that nothing writes there afterwards."""
+        with contextlib.suppress(Exception), _quiet_threads():
             self.checkpoints.wait_until_finished()
+        with contextlib.suppress(Exception), _quiet_threads():
+            self.checkpoints.close()
+        self._manager = None
+        folder = self.path / "checkpoints"
+        for partial in folder.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        if (folder / str(step)).exists() and str(step) not in self._digests():
+            shutil.rmtree(folder / str(step), ignore_errors=True)
 
     def restore(self, step: int, like: Any) -> Any:
         """The state saved at ``step``, with the structure, shapes and dtypes of ``like``."""
@@ -278,7 +393,60 @@ class RunDir:
         import orbax.checkpoint as ocp
 
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return self.checkpoints.restore(step, args=ocp.args.StandardRestore(target))
+        with _quiet_threads():
+            return self.checkpoints.restore(step, args=ocp.args.StandardRestore(target))
+
+    def restore_latest(self, like: Any) -> tuple[int | None, Any]:
+        """The newest checkpoint that reads back whole and unchanged: ``(step, state)``,
+        or ``(None, None)`` when there is none. A checkpoint that cannot be read, or
+        whose contents differ from the digest written with it, is moved aside to
+        ``damaged-checkpoint-<step>`` (never deleted), with one line saying so, and the
+        one before it is tried.
+
+        Raises:
+          ValueError: when checkpoints exist but none reads back whole (nothing is
+            moved or deleted then).
+        """
+        steps = sorted(self._reload_steps(), reverse=True)
+        digests = self._digests()
+        damaged: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                state = self.restore(step, like)
+                recorded = digests.get(str(step))
+                if recorded is not None and tree_digest(state) != recorded:
+                    raise ValueError("its contents differ from the digest written with it")
+            except Exception as error:  # noqa: BLE001 - any way a checkpoint can be damaged
+                damaged.append((step, _reason(error)))
+                continue
+            for bad, reason in damaged:
+                aside = self._move_aside(bad)
+                print(f"clr-jax: the checkpoint of step {bad} does not read back whole "
+                      f"({reason}); kept aside as {aside}; resuming from step {step}",
+                      file=sys.stderr)
+            if damaged:
+                self._reload_steps()
+            return step, state
+        if damaged:
+            raise ValueError(
+                f"no checkpoint in {self.path / 'checkpoints'} reads back whole (step "
+                + ", ".join(f"{s}: {r}" for s, r in damaged) + "); nothing was moved or "
+                "deleted. Start the run again with overwrite=True, or restore the folder "
+                "from a copy.")
+        return None, None
+
+    def _move_aside(self, step: int) -> Path:
+        aside = self.path / f"damaged-checkpoint-{step}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path / f"damaged-checkpoint-{step}-{n}"
+
+        def move():
+            shutil.move(str(self.path / "checkpoints" / str(step)), str(aside))
+
+        distributed.on_primary(move, f"move the damaged checkpoint of step {step} aside")
+        return aside
 
 
 class TensorBoardWriter:
@@ -363,10 +531,9 @@ def run_loop(
     """
     state, step = trainer.initial_state, 0
     if run_dir.resume:
-        latest = run_dir.latest_step()
+        latest, restored = run_dir.restore_latest(state)
         if latest is not None:
-            step = latest
-            state = trainer.place(run_dir.restore(step, state))
+            step, state = latest, trainer.place(restored)
     run_dir.truncate_metrics(step)
     # Rows after the checkpoint that an interrupted session wrote are written again.
     primary = distributed.is_primary()
@@ -392,8 +559,15 @@ def run_loop(
                 step += length
                 steps_run += length
                 if step % log_every == 0 or "test_accuracy" in row or step == num_steps:
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
+                    try:
+                        metrics_file.write(json.dumps(row) + "\n")
+                        metrics_file.flush()
+                    except OSError as error:
+                        raise StorageError(
+                            f"{'no space left on device' if _no_space(error) else _reason(error)}"
+                            f" while writing {run_dir.metrics_path}; the checkpoints are kept. "
+                            "Free some space there, then run the same command with "
+                            "resume=True.") from None
                     if board is not None:
                         board.write(row)
                     if on_log is not None:
