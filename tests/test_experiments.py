@@ -82,6 +82,20 @@ def test_table3(tmp_path):
     assert (tmp_path / "runs" / "adam-fixed" / "metrics.jsonl").read_text() == metrics
 
 
+def test_schedules_25k(tmp_path):
+    out = run("schedules_25k.py", "--data", "sample", "--scale", "0.0008", "--model", "mlp",
+              "--batch-size", "20", "--peak", "1e-4", "--out", str(tmp_path / "runs"),
+              "--report-dir", str(tmp_path), "--runs", "one_cycle,schedule_free",
+              "--no-progress", cwd=tmp_path)
+    report = json.loads((tmp_path / "schedules_25k_0.0008.json").read_text())
+    assert set(report["runs"]) == {"one_cycle", "schedule_free"}  # no Table 1 run at 20 steps
+    assert report["steps"] == 20 and report["runs"]["one_cycle"]["at_10k"] is not None
+    peak = report["range_test_bounds"]["max_lr"]
+    assert peak == json.loads((tmp_path / "runs" / "range_test.json").read_text())[
+        "bounds"]["max_lr"]
+    assert "one_cycle" in out
+
+
 @pytest.mark.parametrize("script, args", [
     ("table4_resnet.py", ["--epochs", "0.05", "--batch-size", "20", "--model", "mlp"]),
 ])

@@ -167,3 +167,32 @@ class TestTraining:
             outs[devices] = json.loads(result.stdout.strip().splitlines()[-1])
         assert outs[1][1] == 1 and outs[4][1] == 4
         assert outs[4][0] == pytest.approx(outs[1][0], rel=1e-4)
+
+
+def test_schedule_free_is_evaluated_at_its_averaged_point():
+    """optax's schedule-free SGD, behind the harness's weight decay: the harness finds its
+    state inside the chain and evaluates x, the averaged point, not the iterate y."""
+    from clr_jax.harness.optim import eval_params
+    from clr_jax.harness.train import make_eval_step
+
+    config = TrainConfig(**{**MLP_CONFIG, "optimizer": "schedule_free_sgd",
+                            "weight_decay": 0.001}, num_steps=6, eval_every=6,
+                         schedule={"policy": "fixed", "base_lr": 0.05})
+    trainer = Trainer(config, tiny_dataset())
+    state, _ = trainer.run_steps(trainer.initial_state, 0, 6)
+    (sf_state,) = [s for s in jax.tree.leaves(
+        state["opt_state"], is_leaf=lambda x: isinstance(x, optax.contrib.ScheduleFreeState))
+        if isinstance(s, optax.contrib.ScheduleFreeState)]
+    averaged = optax.contrib.schedule_free_eval_params(sf_state, state["params"])
+    chosen = eval_params(state["opt_state"], state["params"])
+    for a, b in zip(jax.tree.leaves(averaged), jax.tree.leaves(chosen)):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(averaged),
+                                                        jax.tree.leaves(state["params"])))
+    evaluated = trainer.evaluate(state)
+    by_hand = jax.jit(make_eval_step(trainer.parts.eval_graphdef, trainer.data))(
+        averaged, state["rest"])
+    assert evaluated["test_loss"] == pytest.approx(float(by_hand["test_loss"]))
+    # a plain optimizer's state: the parameters themselves
+    assert eval_params(optax.sgd(0.1).init(state["params"]), state["params"]) \
+        is state["params"]

@@ -19,7 +19,7 @@ import optax
 
 from clr_jax import _validation as v
 
-__all__ = ["OPTIMIZERS", "caffe_sgd", "make_optimizer", "multipliers_for"]
+__all__ = ["OPTIMIZERS", "caffe_sgd", "eval_params", "make_optimizer", "multipliers_for"]
 
 Multipliers = Any  # a pytree of (lr_mult, decay_mult) pairs shaped like the params
 
@@ -112,6 +112,9 @@ _OPTAX: dict[str, Callable[..., optax.GradientTransformation]] = {
     "rmsprop": lambda lr, momentum: optax.rmsprop(lr),
     "adagrad": lambda lr, momentum: optax.adagrad(lr),
     "adadelta": lambda lr, momentum: optax.adadelta(lr),
+    # schedule-free SGD (Defazio et al. 2024): its rate is a constant, or a warm-up then
+    # a constant; evaluate at `eval_params`, its averaged point
+    "schedule_free_sgd": lambda lr, momentum: optax.contrib.schedule_free_sgd(lr, b1=momentum),
 }
 OPTIMIZERS = ("caffe_sgd", *_OPTAX)
 
@@ -140,3 +143,15 @@ def make_optimizer(
     _check(momentum, weight_decay)
     return optax.chain(_per_parameter(weight_decay, multipliers),
                        _OPTAX[name](learning_rate, momentum))
+
+
+def eval_params(opt_state: Any, params: Any) -> Any:
+    """The parameters to evaluate: for schedule-free optimizers their averaged point
+    (``optax.contrib.schedule_free_eval_params``, found anywhere in ``opt_state``, e.g.
+    after the weight-decay transform of `make_optimizer`), else ``params``."""
+    found = [s for s in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.contrib.ScheduleFreeState))
+        if isinstance(s, optax.contrib.ScheduleFreeState)]
+    if not found:
+        return params
+    return optax.contrib.schedule_free_eval_params(found[0], params)

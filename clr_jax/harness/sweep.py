@@ -43,6 +43,7 @@ from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.device_data import DeviceData
 from clr_jax.harness.members import Member, load_members, parse_members
 from clr_jax.harness.rundir import RunDir, run_loop
+from clr_jax.harness.optim import eval_params
 from clr_jax.harness.train import (ModelParts, TrainConfig, make_eval_step, make_loss,
                                    train_steps)
 from clr_jax.policies import vectorize
@@ -128,6 +129,7 @@ class SweepTrainer:
         self._evaluate = jax.jit(
             jax.vmap(make_eval_step(self.parts.eval_graphdef, self.data),
                      spmd_axis_name="members"), compiler_options=self.compiler_options)
+        self._eval_params = jax.jit(jax.vmap(eval_params))
         if members_per_chunk is None and chunk > 1:
             chunk = min(chunk, self._members_that_fit(dataset))
         self._set_chunks(-(-chunk // member_devices) * member_devices)
@@ -228,7 +230,8 @@ class SweepTrainer:
         return new_states, np.concatenate([distributed.to_numpy(x) for x in losses]).T[:, :k]
 
     def evaluate(self, states) -> dict[str, list[float]]:
-        results = [self._evaluate(s["params"], s["rest"]) for s in states]
+        results = [self._evaluate(self._eval_params(s["opt_state"], s["params"]), s["rest"])
+                   for s in states]
         k = len(self.members)
         return {name: [float(x) for x in np.concatenate(
                     [distributed.to_numpy(r[name]) for r in results])[:k]]

@@ -36,7 +36,7 @@ from clr_jax.harness import kernels as kernel_choice
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.device_data import PREPROCESS, DeviceData
 from clr_jax.harness.models import CAFFE_MULTIPLIERS, build_model
-from clr_jax.harness.optim import make_optimizer, multipliers_for
+from clr_jax.harness.optim import eval_params, make_optimizer, multipliers_for
 from clr_jax.harness.rundir import RunDir, run_loop
 from clr_jax.policies import Stage, parse_stages, staged
 
@@ -350,6 +350,7 @@ class Trainer:
         self._epoch_order: tuple[int, jax.Array] | None = None
         self._evaluate = jax.jit(make_eval_step(self.parts.eval_graphdef, self.data),
                                  compiler_options=self.compiler_options)
+        self._eval_params = jax.jit(eval_params)
         self._learning_rate = jax.jit(schedule)
 
     def compiler_options_for(self, num_steps: int) -> dict | None:
@@ -380,8 +381,10 @@ class Trainer:
         return self._epoch_order[1]
 
     def evaluate(self, state: State) -> dict[str, float]:
-        """Test loss and accuracy of ``state``."""
-        return {k: float(x) for k, x in self._evaluate(state["params"], state["rest"]).items()}
+        """Test loss and accuracy of ``state`` (at a schedule-free optimizer's averaged
+        point, `clr_jax.harness.optim.eval_params`)."""
+        params = self._eval_params(state["opt_state"], state["params"])
+        return {k: float(x) for k, x in self._evaluate(params, state["rest"]).items()}
 
     def learning_rate(self, step: int) -> float:
         """The rate of the update at ``step`` (counting from 0)."""
