@@ -66,7 +66,7 @@ class Variant(models.CaffeCifar10):
             self.conv3.conv_general_dilated = kernels.conv_spectral
 
     def lrn(self, x):
-        squares = (kernels._pool3(x * x, 1, ((0, 0), (1, 1), (1, 1), (0, 0)), jnp.add, 0.0)
+        squares = (kernels.separable_window3x3(x * x, 1, ((0, 0), (1, 1), (1, 1), (0, 0)), jnp.add, 0.0)
                    if "separable_windows" in self.switches else jax.lax.reduce_window(
                        x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1),
                        ((0, 0), (1, 1), (1, 1), (0, 0))))
@@ -81,8 +81,8 @@ class Variant(models.CaffeCifar10):
         if "max_pool" in self.switches:  # its forward maxima are separable
             max_pool = kernels.max_pool_ceil_fast
         elif separable:
-            max_pool = lambda x: kernels._pool3(  # noqa: E731
-                x, 2, kernels._ceil_padding(x), jnp.maximum, -jnp.inf)
+            max_pool = lambda x: kernels.separable_window3x3(  # noqa: E731
+                x, 2, kernels.ceil_padding(x), jnp.maximum, -jnp.inf)
         else:
             max_pool = kernels.max_pool_ceil
         x = self.lrn(jax.nn.relu(max_pool(self.conv1(x))))

@@ -25,7 +25,8 @@ import jax
 import clr_jax
 from _report import machine, update_section, write_result
 from clr_jax.harness.data import load_dataset
-from clr_jax.harness.sweep import Member, SweepTrainer
+from clr_jax.harness.members import Member
+from clr_jax.harness.sweep import SweepTrainer
 from clr_jax.harness.train import TrainConfig, Trainer
 
 

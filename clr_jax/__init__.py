@@ -4,7 +4,7 @@ Every public name is re-exported here; each has one import path.
 """
 
 from clr_jax.find import FoundBounds, find_bounds
-from clr_jax.momentum import with_cyclical_momentum
+from clr_jax.momentum import cyclical_momentum, one_cycle_momentum, with_cyclical_momentum
 from clr_jax.range_test import (
     ParallelRangeTestResult,
     RangeTestResult,
@@ -13,12 +13,10 @@ from clr_jax.range_test import (
 )
 from clr_jax.schedules import (
     cyclical,
-    cyclical_momentum,
     decay,
     exp_range,
     exponential,
     one_cycle,
-    one_cycle_momentum,
     step_size_from_epochs,
     steps_for_cycles,
     triangular,

@@ -767,7 +767,11 @@ def _run(parser, args, argv) -> int:
     except KeyboardInterrupt as stop:
         # A second Ctrl-C while the process shuts down must not print a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        terminated = type(stop).__name__ == "Terminated"  # clr_jax.harness.rundir's
+        try:
+            from clr_jax.harness.rundir import Terminated
+        except ImportError:  # the core install: only Ctrl-C reaches here
+            Terminated = ()  # noqa: N806
+        terminated = isinstance(stop, Terminated)
         hint = ""
         out = getattr(args, "out", None)
         if getattr(args, "command", None) in ("train", "sweep") and out is not None \

@@ -19,6 +19,8 @@ import inspect
 import itertools
 import math
 import os
+import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -400,32 +402,67 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", leave=False)
 
 
+def _owner(fn: Callable) -> tuple[Any, Callable | None]:
+    """The object whose life a loss's compiled programs share: the function itself, or
+    for a bound method the object it is bound to (a bound method object is made anew
+    at every attribute access) with the method's function."""
+    if inspect.ismethod(fn):
+        return fn.__self__, fn.__func__
+    return fn, None
+
+
+class _WeakLoss:
+    """A `_Loss` that does not keep its function alive: the compiled programs hold this,
+    so that they die with the caller's loss function (`_PROGRAMS` is keyed weakly)."""
+
+    def __init__(self, loss: _Loss):
+        owner, method = _owner(loss.fn)
+        self._owner = weakref.ref(owner)
+        self._method = method
+        self._loss = dataclasses.replace(loss, fn=None)
+
+    def __call__(self, *args):
+        owner = self._owner()
+        if owner is None:  # pragma: no cover - the cache entry dies with it
+            raise RuntimeError("the loss function of this range test no longer exists")
+        fn = owner if self._method is None else types.MethodType(self._method, owner)
+        return dataclasses.replace(self._loss, fn=fn)(*args)
+
+
+# The compiled range tests of each loss function, for as long as the function (or the
+# object its method is bound to) lives: the function is the weak key, and the
+# programs hold it weakly, so that a test's device data and model go when the caller
+# drops its loss function. Within one function, the last few optimizer / mode / option
+# combinations are kept.
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PER_LOSS = 8
+
+
 class _Runner:
     """The compiled steps of range tests of one loss function and optimizer: built once
-    and kept (the last few), so that a second test of the same model, with any ramp,
-    smoothing or threshold and batches of the same shapes, reuses the compiled program
-    instead of tracing and compiling again."""
-
-    _cache: dict[tuple, _Runner] = {}
-    _size = 8
+    and kept while the loss function lives (`_PROGRAMS`), so that a second test of the
+    same model, with any ramp, smoothing or threshold and batches of the same shapes,
+    reuses the compiled program instead of tracing and compiling again."""
 
     @classmethod
     def get(cls, loss: _Loss, optimizer, mode, compiler_options) -> _Runner:
-        key = (loss, optimizer, mode, tuple(sorted((compiler_options or {}).items())))
+        owner, method = _owner(loss.fn)
+        key = (dataclasses.replace(loss, fn=method), optimizer, mode,
+               tuple(sorted((compiler_options or {}).items())))
         try:
-            runner = cls._cache.pop(key)
-        except (KeyError, TypeError):  # TypeError: an unhashable option value
+            programs = _PROGRAMS.setdefault(owner, {})
+            runner = programs.pop(key)
+        except KeyError:
             runner = cls(loss, optimizer, mode, compiler_options)
-        if len(cls._cache) >= cls._size:
-            cls._cache.pop(next(iter(cls._cache)))
-        try:
-            cls._cache[key] = runner
-        except TypeError:
-            pass
+        except TypeError:  # not weakly referable, or an unhashable setting: not kept
+            return cls(loss, optimizer, mode, compiler_options)
+        if len(programs) >= _PER_LOSS:
+            programs.pop(next(iter(programs)))
+        programs[key] = runner
         return runner
 
     def __init__(self, loss: _Loss, optimizer, mode, compiler_options):
-        self.loss, self.optimizer, self.mode = loss, optimizer, mode
+        self.loss, self.optimizer, self.mode = _WeakLoss(loss), optimizer, mode
         self._programs: dict = {}  # the first chunk's compiled loop, per input shapes
         jit = functools.partial(jax.jit, compiler_options=compiler_options)
         self.init = jit(self._init)

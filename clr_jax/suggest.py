@@ -52,7 +52,7 @@ import numpy as np
 from clr_jax import _validation as v
 from clr_jax.range_test import ParallelRangeTestResult, RangeTestResult
 
-__all__ = ["Bounds", "BoundsError", "FLAGS", "Flag", "METHODS", "suggest_bounds"]
+__all__ = ["Bounds", "BoundsError", "FLAGS", "Flag", "METHODS", "suggest_all", "suggest_bounds"]
 
 METHODS = ("auto", "edge", "fall", "paper", "paper_peak", "valley", "minimum", "steep", "slide",
            "steepest")
@@ -734,3 +734,16 @@ def suggest_bounds(
     return Bounds(base_lr=reading.base, max_lr=reading.max, method=method, evidence=evidence,
                   base_interval=base_interval, max_interval=max_interval, flags=tuple(flags),
                   edge=edge)
+
+
+def suggest_all(result, methods: Sequence[str] | None = None, **settings: Any) -> list[Bounds]:
+    """The bounds of every rule in ``methods`` (by default all but ``"auto"``) that can
+    read ``result`` (a short test may be too short for some), in that order; the others
+    are left out. ``settings`` go to `suggest_bounds`."""
+    bounds = []
+    for method in methods if methods is not None else [m for m in METHODS if m != "auto"]:
+        try:
+            bounds.append(suggest_bounds(result, method, **settings))
+        except BoundsError:
+            continue
+    return bounds

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 
 import clr_jax
+from clr_jax._io import write_json  # noqa: F401 - the experiments' JSON writer
 from clr_jax.harness.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,9 @@ def run_main(main: Callable[[], object]) -> None:
         main()
     except KeyboardInterrupt as stop:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C on the way out
-        terminated = type(stop).__name__ == "Terminated"  # clr_jax.harness.rundir's
+        from clr_jax.harness.rundir import Terminated
+
+        terminated = isinstance(stop, Terminated)
         print(f"{Path(sys.argv[0]).name}: {'stopped by SIGTERM' if terminated else 'interrupted'}"
               "; finished runs and the last checkpoint are kept: run the same command again"
               " to resume", file=sys.stderr)
@@ -70,14 +73,6 @@ def metadata() -> dict:
     return {"device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "machine": platform.machine(), "clr_jax": clr_jax.__version__,
             "jax": jax.__version__, "commit": commit()}
-
-
-def write_json(path: Path, data) -> None:
-    """Writes a result file atomically (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def data_name(path) -> str:

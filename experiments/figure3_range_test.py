@@ -25,6 +25,7 @@ from pathlib import Path
 from _common import experiment_parser, metadata, require_data, run_main
 
 import clr_jax
+from clr_jax.suggest import suggest_all
 from clr_jax import plotting
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.jobs import run_range_test
@@ -60,12 +61,7 @@ def reread(args):
     path_json, path_png = _paths(args)
     report = json.loads(path_json.read_text())
     result = clr_jax.RangeTestResult.from_dict(report["curve"])
-    bounds = []
-    for method in METHODS:
-        try:
-            bounds.append(clr_jax.suggest_bounds(result, method))
-        except ValueError:
-            continue
+    bounds = suggest_all(result, METHODS)
     _report(path_json, path_png, report, result, bounds)
 
 

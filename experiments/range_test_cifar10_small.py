@@ -29,6 +29,7 @@ import optax
 from _common import experiment_parser, require_data, run_main
 
 import clr_jax
+from clr_jax.suggest import suggest_all
 from clr_jax import plotting
 from clr_jax.harness.data import load_image_folder
 
@@ -72,13 +73,7 @@ TITLES = {"linear": "linear range test, CIFAR-10 (JPEG copy), small CNN",
 def read_bounds(result, methods):
     """The bounds of every rule that can read this result (a short test may be too short
     for some)."""
-    bounds = []
-    for method in methods:
-        try:
-            bounds.append(clr_jax.suggest_bounds(result, method))
-        except ValueError as error:
-            print(f"{method}: {error}")
-    return bounds
+    return suggest_all(result, methods)
 
 
 def reread(args):

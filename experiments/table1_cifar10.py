@@ -36,17 +36,16 @@ docs/images/table1_cifar10_<scale>.png.
 """
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import optax
 from _common import (
-    commit, experiment_parser, last_part_seconds, metadata, require_data, run_main, write_json)
+    experiment_parser, last_part_seconds, metadata, require_data, run_main, train_or_load,
+    write_json)
 
 import clr_jax
 from clr_jax.harness import TrainConfig, load_dataset
-from clr_jax.harness.train import train
 from clr_jax.policies import make_schedule, staged
 
 OUT = Path(__file__).resolve().parent / "results" / "table1"
@@ -118,19 +117,10 @@ def main(argv=None):
                              shuffle=False, eval_batch_size=500,
                              batch_size=args.batch_size, model=args.model, seed=args.seed)
         run_name = name if args.seed == 0 else f"{name}-seed{args.seed}"
-        folder = args.out / run_name
-        resume = (folder / "checkpoints").exists() and not (folder / "summary.json").exists()
-        if (folder / "summary.json").exists():
-            summary = json.loads((folder / "summary.json").read_text())
-        else:
-            started = time.perf_counter()
-            summary = train(config, dataset, folder, schedule=schedule, resume=resume,
-                            overwrite=not resume, progress=not args.no_progress,
-                            describe={"policy": name, "data": "CIFAR-10 (JPEG copy)",
-                                      "scale": args.scale})
-            summary["wall_seconds_last_part"] = time.perf_counter() - started
-            summary["commit"] = commit()
-            write_json(folder / "summary.json", summary)
+        summary = train_or_load(config, dataset, args.out / run_name, schedule=schedule,
+                                progress=not args.no_progress,
+                                describe={"policy": name, "data": "CIFAR-10 (JPEG copy)",
+                                          "scale": args.scale})
         results[run_name] = {k: summary.get(k) for k in (
             "final_test_accuracy", "best_test_accuracy", "best_step", "steps",
             "images_per_second", "device", "wall_seconds_this_session", "fingerprint",

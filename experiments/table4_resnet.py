@@ -25,7 +25,7 @@ from _common import (
     RESULTS, data_name, experiment_parser, last_part_seconds, metadata, require_data, run_main,
     run_sweep)
 from clr_jax.harness.data import load_dataset
-from clr_jax.harness.sweep import Member
+from clr_jax.harness.members import Member
 from clr_jax.harness.train import TrainConfig
 
 PAPER = {"fixed 0.1": 92.8, "CLR 0.1-0.3": 93.6}  # CIFAR-10, mean of 5 runs

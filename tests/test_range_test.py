@@ -357,3 +357,46 @@ def test_convolutional_models_take_the_unrolled_path_with_same_numbers(monkeypat
     assert result.eval_metrics["n"][-1] == pytest.approx(float(jnp.sum(p["k"] ** 2)), rel=1e-5)
     # the path taken: 6-step chunks, unrolled whole on CPU, one scan elsewhere
     assert shapes == [(6, jax.default_backend() == "cpu")]
+
+
+def test_a_second_test_reuses_the_program_while_the_loss_lives(batches):
+    """The compiled program of a loss function is kept while the function lives, and
+    goes (with everything the function holds: a model, device data) when it does."""
+    import gc
+    import weakref
+
+    class Held:  # stands for a trainer and its device data, held by the loss
+        pass
+
+    def make_loss(held, traces):
+        def loss(w, batch):
+            traces.append(held)  # runs when the loss is traced, not when it is executed
+            return loss_fn(w, batch)
+        return loss
+
+    traces = []
+    loss = make_loss(Held(), traces)
+    for max_lr in (0.5, 2.0):  # another ramp: the same program
+        clr_jax.range_test(loss, jnp.zeros(5), batches, min_lr=0.01, max_lr=max_lr,
+                           num_steps=50)
+    assert len(traces) == 1
+    probes = weakref.ref(loss), weakref.ref(traces[0])
+    traces.clear()
+    del loss
+    gc.collect()
+    assert probes[0]() is None and probes[1]() is None
+
+    class Task:  # a bound method: the programs live as long as its object
+        def loss(self, w, batch):
+            self.traced = getattr(self, "traced", 0) + 1
+            return loss_fn(w, batch)
+
+    task = Task()
+    for _ in range(2):
+        clr_jax.range_test(task.loss, jnp.zeros(5), batches, min_lr=0.01, max_lr=1.0,
+                           num_steps=50)
+    assert task.traced == 1
+    probe = weakref.ref(task)
+    del task
+    gc.collect()
+    assert probe() is None

@@ -131,17 +131,13 @@ def find_model_bounds(
 
 def read_all(found: clr_jax.FoundBounds, methods: Sequence[str]) -> list[clr_jax.Bounds]:
     """The bounds each rule in ``methods`` reads from the repeats of ``found`` (the
-    rules that cannot read them are left out)."""
-    bounds = []
-    for method in methods:
-        if method == found.bounds.method:
-            bounds.append(found.bounds)
-            continue
-        try:
-            bounds.append(clr_jax.suggest_bounds(list(found.results), method))
-        except ValueError:
-            continue
-    return bounds
+    reading ``found`` made itself for its own rule; the rules that cannot read them are
+    left out)."""
+    from clr_jax.suggest import suggest_all
+
+    others = suggest_all(list(found.results), [m for m in methods if m != found.bounds.method])
+    by_method = {b.method: b for b in others} | {found.bounds.method: found.bounds}
+    return [by_method[m] for m in methods if m in by_method]
 
 
 def write_range_test_report(found: clr_jax.FoundBounds, bounds: Sequence[clr_jax.Bounds],

@@ -24,6 +24,8 @@ from clr_jax import _validation as v
 
 __all__ = [
     "KERNELS",
+    "ceil_padding",
+    "separable_window3x3",
     "LOOP_EMITTERS_MIN_STEPS",
     "YNN_REDUCTIONS_ONLY",
     "avg_pool_ceil",
@@ -48,7 +50,7 @@ def resolve(kernels: str) -> str:
 
 # -- pooling with Caffe's rounding up of the output size -----------------------------------
 
-def _ceil_padding(x: jax.Array) -> tuple[tuple[int, int], ...]:
+def ceil_padding(x: jax.Array) -> tuple[tuple[int, int], ...]:
     """Caffe's output size is ceil((H - 3) / 2) + 1 (32 -> 16 -> 8 -> 4): as if one extra
     row and column were padded at the high end."""
     h, w = x.shape[1], x.shape[2]
@@ -58,7 +60,7 @@ def _ceil_padding(x: jax.Array) -> tuple[tuple[int, int], ...]:
 def max_pool_ceil(x: jax.Array) -> jax.Array:
     """3x3 stride-2 max pooling with Caffe's output size; the padding takes no part."""
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                 _ceil_padding(x))
+                                 ceil_padding(x))
 
 
 def _window3(x: jax.Array, axis: int, stride: int, pad: tuple[int, int], op, fill):
@@ -77,17 +79,20 @@ def _window3(x: jax.Array, axis: int, stride: int, pad: tuple[int, int], op, fil
     return op(op(shifted(0), shifted(1)), shifted(2))
 
 
-def _pool3(x: jax.Array, stride: int, pads, op, fill) -> jax.Array:
-    """A separable 3x3 window op over H and W of NHWC ``x``."""
+def separable_window3x3(x: jax.Array, stride: int, pads, op, fill) -> jax.Array:
+    """A 3x3 window reduction (``op``: ``jnp.add``, ``jnp.maximum``) over H and W of NHWC
+    ``x``, as two separable passes of shifted slices, with ``pads`` per axis (as
+    `ceil_padding` gives them) filled with ``fill``; the fast form of
+    ``jax.lax.reduce_window`` for Caffe's pooling and LRN windows."""
     return _window3(_window3(x, 1, stride, pads[1], op, fill), 2, stride, pads[2], op, fill)
 
 
 def avg_pool_ceil(x: jax.Array, *, fast: bool = False) -> jax.Array:
     """3x3 stride-2 average pooling with Caffe's output size, dividing by the number of
     real pixels in each window; with ``fast`` the sums are separable shifted slices."""
-    window, strides, padding = (1, 3, 3, 1), (1, 2, 2, 1), _ceil_padding(x)
+    window, strides, padding = (1, 3, 3, 1), (1, 2, 2, 1), ceil_padding(x)
     if fast:
-        total = _pool3(x, 2, padding, jnp.add, 0.0)
+        total = separable_window3x3(x, 2, padding, jnp.add, 0.0)
         # real pixels per window, a constant: 3 except where the window leaves the image
         rows, cols = (np.minimum(2 * np.arange(m) + 3, n) - 2 * np.arange(m)
                       for m, n in ((total.shape[1], x.shape[1]), (total.shape[2], x.shape[2])))
@@ -113,7 +118,7 @@ def max_pool_ceil_fast(x: jax.Array) -> jax.Array:
 
 
 def _max_pool_fwd(x):
-    y = _pool3(x, 2, _ceil_padding(x), jnp.maximum, -jnp.inf)  # the same maxima
+    y = separable_window3x3(x, 2, ceil_padding(x), jnp.maximum, -jnp.inf)  # the same maxima
     return y, (x, y)
 
 
@@ -267,7 +272,7 @@ def lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75, *,
     rounding.
     """
     same = ((0, 0), (1, 1), (1, 1), (0, 0))
-    squares = (_pool3(x * x, 1, same, jnp.add, 0.0) if fast else
+    squares = (separable_window3x3(x * x, 1, same, jnp.add, 0.0) if fast else
                jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), same))
     scale = 1 + (alpha / 9) * squares
     if fast and beta == 0.75:

@@ -41,14 +41,14 @@ from clr_jax.harness import distributed
 from clr_jax.harness import kernels as kernel_choice
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.device_data import DeviceData
-from clr_jax.harness.members import Member, load_members, parse_members
+from clr_jax.harness.members import Member
 from clr_jax.harness.rundir import RunDir, run_loop
 from clr_jax.harness.optim import eval_params
 from clr_jax.harness.train import (ModelParts, TrainConfig, make_eval_step, make_loss,
                                    train_steps)
 from clr_jax.policies import vectorize
 
-__all__ = ["Member", "SweepTrainer", "load_members", "parse_members", "sweep", "write_report"]
+__all__ = ["SweepTrainer", "sweep", "write_report"]
 
 
 def _free_memory(device) -> int:
@@ -269,7 +269,7 @@ def sweep(
     Args:
       config: the shared settings.
       dataset: the data.
-      members: the `Member` list (see `parse_members`).
+      members: the `Member` list (see `clr_jax.harness.members.parse_members`).
       out: the sweep's folder.
       resume: continue from the latest checkpoint in ``out``.
       overwrite: replace results already in ``out``.
