@@ -354,7 +354,7 @@ def _fastai_slide(losses: np.ndarray, lr_diff: int = 15, thresh: float = 0.005) 
     index of the left end it last moved from (the first interval's, if it never moved).
     """
     if losses.size <= lr_diff:
-        raise ValueError(f"method 'slide' needs more than {lr_diff} loss points, got "
+        raise BoundsError(f"method 'slide' needs more than {lr_diff} loss points, got "
                          f"{losses.size}; run more steps.")
     grad = np.gradient(losses)
     right, left = losses.size - 1, losses.size - 1 - lr_diff
@@ -442,7 +442,7 @@ def _read_edge(curve: _Curve, o: _Options) -> _Reading:
 def _read_paper(curve: _Curve, o: _Options) -> _Reading:
     method, metric = o.method, o.metric
     if metric not in curve.metrics:
-        raise ValueError(
+        raise BoundsError(
             f"method {method!r} reads the {metric!r} metric, but the result has "
             f"{sorted(curve.metrics) or 'no metrics'}; run the test with eval_fn returning "
             f"{metric!r}, or use a loss rule ('fall', 'valley', 'minimum').")
