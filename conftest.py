@@ -6,7 +6,7 @@ own Adam is not strict-clean).
 
 The suite leaves the user's home alone: the data cache, tensorflow-datasets' folder and
 matplotlib's cache live in one temporary folder for the session (subprocesses inherit
-it), compiled programs are not kept on disk (the tests of that cache give it their own
+it), compiled programs are kept there too (the tests of that cache give it their own
 folder), and the session fails if ``~/.cache/clr_jax`` changed while it ran.
 """
 
@@ -19,8 +19,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 _HOME_CACHE = Path.home() / ".cache" / "clr_jax"
 _SCRATCH = Path(tempfile.mkdtemp(prefix="clr-jax-tests-"))
 os.environ["CLR_JAX_CACHE"] = str(_SCRATCH / "cache")
-# compiled programs are not kept (the tests of the cache give it their own folder)
-os.environ["CLR_JAX_COMPILATION_CACHE"] = "off"
+# compiled programs are kept for the session only (subprocesses of later tests reuse
+# them); the tests of the cache give it their own folder
+os.environ["CLR_JAX_COMPILATION_CACHE"] = str(_SCRATCH / "xla")
 os.environ["TFDS_DATA_DIR"] = str(_SCRATCH / "tensorflow_datasets")
 os.environ["MPLCONFIGDIR"] = str(_SCRATCH / "matplotlib")
 

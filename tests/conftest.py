@@ -1,16 +1,10 @@
 """Fixtures shared by the test modules."""
 
-import os
+import jax.numpy as jnp
+import pytest
 
-# The command line keeps compiled programs on disk; the tests that check it set their own
-# folder, the others leave the user's cache alone.
-os.environ.setdefault("CLR_JAX_COMPILATION_CACHE", "off")
-
-import jax.numpy as jnp  # noqa: E402
-import pytest  # noqa: E402
-
-import clr_jax  # noqa: E402
-from tests.helpers import least_squares, loss_fn  # noqa: E402
+import clr_jax
+from tests.helpers import least_squares, loss_fn
 
 
 @pytest.fixture(scope="session")

@@ -36,11 +36,14 @@ def _readme_commands():
 
 
 def _shortened(argv):
-    """The command with long runs cut short: steps, evaluation and checkpoint intervals."""
+    """The command with long runs cut short: steps (the range test's too), evaluation and
+    checkpoint intervals."""
     out, limits = [], {"--steps": 60 if argv[0] == "range-test" else 10,
                        "--eval-every": 5, "--checkpoint-every": 5}
     for flag, value in zip([None, *argv], argv):
         out.append(str(min(int(value), limits[flag])) if flag in limits else value)
+    if "--bounds" in argv and "--range-test-steps" not in argv:
+        out += ["--range-test-steps", "60"]  # the range test before training, too
     return out + ([] if argv[0] == "schedule" else ["--no-progress"])
 
 
