@@ -314,17 +314,14 @@ def test_an_unknown_name_is_one_clear_error(tmp_path):
 
 def test_the_suite_keeps_its_caches_out_of_home():
     """conftest.py points every cache at a temporary folder (the data cache, tfds's and
-    matplotlib's) and turns the compilation cache off, as the command line would find
-    it; the session itself fails if ~/.cache/clr_jax changes."""
+    matplotlib's, and the compilation cache the command line would find); the session
+    itself fails if ~/.cache/clr_jax changes."""
     import os
     from pathlib import Path
 
-    from clr_jax.harness.compilation import enable_compilation_cache
-
     home = Path.home() / ".cache"
     assert not data_module.cache_dir().is_relative_to(home)
-    assert enable_compilation_cache() is None
-    for variable in ("TFDS_DATA_DIR", "MPLCONFIGDIR"):
+    for variable in ("TFDS_DATA_DIR", "MPLCONFIGDIR", "CLR_JAX_COMPILATION_CACHE"):
         assert not Path(os.environ[variable]).is_relative_to(Path.home())
 
 
