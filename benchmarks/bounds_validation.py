@@ -427,8 +427,13 @@ def report(results: dict, out: Path, images: Path) -> dict:
                          "stable_under_perturbation": int(sum(pert_ok)),
                          "median_gap": float(np.median([g for g in gaps if g is not None]))
                          if any(g is not None for g in gaps) else None}
+    # the commit whose code ran the tasks (each task's file has its own); the report's
+    # own commit is recorded beside it
+    commits = sorted({r.get("commit") for r in results.values()}, key=str)
     data = {"benchmark": "bounds_validation", "rules": list(RULES), "default": DEFAULT,
             "summary": summary, "tasks": results, **machine()}
+    data["report_commit"] = data["commit"]
+    data["commit"] = commits[0] if len(commits) == 1 else commits
     out.mkdir(parents=True, exist_ok=True)
     (out / "bounds_validation.json").write_text(json.dumps(data, indent=1) + "\n")
 
@@ -469,7 +474,7 @@ def report(results: dict, out: Path, images: Path) -> dict:
     (out / "bounds_validation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    figure = plotting.figure((9.0, 0.5 * len(names) + 2.0))
+    figure = plotting.figure((9.0, 0.5 * len(names) + 3.0))
     axes = figure.add_subplot()
     rows = np.arange(len(names))
     width = 0.8 / len(RULES)
@@ -484,7 +489,7 @@ def report(results: dict, out: Path, images: Path) -> dict:
     axes.invert_yaxis()
     axes.set_xlabel("CLR minus grid-best fixed rate (points; bars cut at -30)")
     axes.set_title("Bounds validation: each rule's CLR against the best fixed rate")
-    axes.legend(fontsize="small", loc="lower left")
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     axes.grid(axis="x", alpha=0.3)
     plotting.save_figure(figure, images / "bounds_validation.png")
     return data

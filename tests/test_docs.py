@@ -222,3 +222,36 @@ def test_guides_quote_the_committed_experiments():
     assert (f"rose from {100 * accuracy[250]:.1f}% at iteration 250 to "
             f"{100 * accuracy[1000]:.1f}% at 1,000, {100 * accuracy[2000]:.1f}% at 2,000 and "
             f"{100 * accuracy[3000]:.1f}% at 3,000") in text
+
+
+def test_the_guide_quotes_the_committed_bounds_benchmark():
+    """The range-test guide's tables are the bounds benchmark's own (bounds_validation.md,
+    row for row), and the README's and the guide's counts are its summary's."""
+    import json
+
+    results = ROOT / "benchmarks/results"
+    data = json.loads((results / "bounds_validation.json").read_text())
+    table = (results / "bounds_validation.md").read_text()
+    guide = (ROOT / "docs/guide/range_test.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 2 * len(data["tasks"])
+    for row in rows:
+        assert row in guide, row
+    edge = data["summary"][data["default"]]
+    tasks = len(data["tasks"])
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    prose = " ".join(guide.split())
+    for text in (readme, prose):
+        assert f"{edge['hits']} of {tasks} tasks" in text
+    for rule in ("valley", "steepest"):
+        assert f"{rule} {data['summary'][rule]['hits']} of {tasks}" in prose
+    assert (f"within a factor 1.5 over seeds on {edge['stable_over_seeds']} of {tasks} and "
+            f"under the perturbation on {edge['stable_under_perturbation']} of {tasks}") in prose
+    assert f"valley rule: {data['summary']['valley']['hits']}, torch-lr-finder's steepest: " \
+        f"{data['summary']['steepest']['hits']}" in readme
+    if edge["stable_over_seeds"] == edge["stable_under_perturbation"] == tasks:
+        assert "on every task" in readme
+    minutes = sum(t["wall_seconds"] for t in data["tasks"].values()) / 60
+    cpu = sum(t["cpu_seconds"] for t in data["tasks"].values()) / 60
+    assert f"took {minutes:.0f} minutes of wall time here ({cpu:.0f} CPU-minutes" in prose
+    assert (ROOT / "docs/images/bounds_validation.png").stat().st_size > 0
