@@ -53,6 +53,15 @@ def require_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("give --data PATH (or set CLR_JAX_DATA) to the CIFAR-10 archive")
 
 
+def chosen_runs(parser: argparse.ArgumentParser, names: str, runs) -> list[str]:
+    """The comma-separated run names of ``--runs``, each checked against ``runs``."""
+    chosen = names.split(",")
+    unknown = sorted(set(chosen) - set(runs))
+    if unknown:
+        parser.error(f"unknown runs {unknown}; choose from {', '.join(runs)}")
+    return chosen
+
+
 def compilation_cache() -> None:
     """A second run of an experiment skips compilation (clr_jax's CLI does the same)."""
     from clr_jax.harness.compilation import enable_compilation_cache

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import optax
 from _common import (
-    data_name, experiment_parser, metadata, read_metrics, require_data, run_main,
+    chosen_runs, data_name, experiment_parser, metadata, read_metrics, require_data, run_main,
     train_or_load, write_json)
 
 from clr_jax.harness import TrainConfig, load_dataset
@@ -89,10 +89,7 @@ def main(argv=None):
                         "experiments/results and docs/images)")
     args = parser.parse_args(argv)
     require_data(parser, args)
-    chosen = args.runs.split(",")
-    unknown = sorted(set(chosen) - set(RUNS))
-    if unknown:
-        parser.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    chosen = chosen_runs(parser, args.runs, RUNS)
     dataset = load_dataset(args.data)
     steps = max(1, round(25_000 * args.scale))
     every = max(1, round(1000 * args.scale))

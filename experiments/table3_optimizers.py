@@ -40,8 +40,8 @@ from pathlib import Path
 
 import optax
 from _common import (
-    data_name, experiment_parser, last_part_seconds, metadata, read_metrics, require_data, run_main,
-    train_or_load, write_json)
+    chosen_runs, data_name, experiment_parser, last_part_seconds, metadata, read_metrics,
+    require_data, run_main, train_or_load, write_json)
 
 import clr_jax
 from clr_jax.harness import TrainConfig, load_dataset
@@ -88,10 +88,7 @@ def main(argv=None):
                         "experiments/results and docs/images)")
     args = parser.parse_args(argv)
     require_data(parser, args)
-    chosen = args.runs.split(",")
-    unknown = sorted(set(chosen) - set(RUNS))
-    if unknown:
-        parser.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    chosen = chosen_runs(parser, args.runs, RUNS)
     if not args.report_only:
         dataset = load_dataset(args.data)
         every = max(1, round(1000 * args.scale))
