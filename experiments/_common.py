@@ -39,7 +39,7 @@ def run_main(main: Callable[[], object]) -> None:
         main()
     except KeyboardInterrupt as stop:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C on the way out
-        from clr_jax.harness.rundir import Terminated
+        from clr_jax.harness.stopping import Terminated
 
         terminated = isinstance(stop, Terminated)
         print(f"{Path(sys.argv[0]).name}: {'stopped by SIGTERM' if terminated else 'interrupted'}"

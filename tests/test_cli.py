@@ -162,7 +162,7 @@ class TestTrainAndRangeTest:
         common = self._two_class_archive(tmp_path, learnable=False)
         out = tmp_path / "run"
         code = cli.main(["train", *common, "--bounds", "auto", "--range-test-steps", "30",
-                         "--range-test-rounds", "1", "--range-test-repeats", "2",
+                         "--range-test-max-rounds", "1", "--range-test-repeats", "2",
                          "--steps", "24", "--out", str(out)])
         err = capsys.readouterr().err
         assert code == 2
@@ -188,14 +188,14 @@ class TestTrainAndRangeTest:
           "--base-lr", "0.1"], "cannot write to"),
         (["range-test", "--out", "{tmp}/b", "--steps", "1"], "--steps must be an integer >= 2"),
         (["range-test", "--out", "{tmp}/b", "--steps", "5", "--min-lr", "0.1", "--max-lr",
-          "0.01"], "max_lr must be > min_lr"),
+          "0.01"], "--max-lr must be > --min-lr, got --min-lr=0.1 and --max-lr=0.01"),
         (["train", "--out", "{tmp}/a", "--steps", "5", "--bounds", "auto",
           "--range-test-min-lr", "1", "--range-test-max-lr", "0.1"],
-         "--range-test-max-lr must be > --range-test-min-lr > 0"),
+         "--range-test-max-lr must be > --range-test-min-lr, got --range-test-min-lr=1.0"),
         (["train", "--out", "{tmp}/a", "--steps", "5", "--bounds", "auto",
           "--range-test-repeats", "0"], "--range-test-repeats must be >= 1"),
         (["range-test", "--out", "{tmp}/b", "--steps", "5", "--min-lr", "0.5", "--max-lr",
-          "0.1"], "max_lr must be > min_lr"),
+          "0.1"], "--max-lr must be > --min-lr"),
         (["train", "--dataset", "{tmp}/broken.tar.gz", "--out", "{tmp}/a", "--steps", "5",
           "--policy", "fixed", "--base-lr", "0.1"], "cannot read archive"),
         # settings that overflow the float32 the schedules compute in
@@ -218,7 +218,7 @@ class TestTrainAndRangeTest:
         (["train", "--out", "{tmp}/a", "--steps", "5", "--momentum", "1.5", "--policy",
           "fixed", "--base-lr", "0.1"], "momentum must be in [0, 1)"),
         (["train", "--out", "{tmp}/a", "--steps", "5", "--weight-decay", "nan", "--policy",
-          "fixed", "--base-lr", "0.1"], "weight_decay must be a finite number >= 0"),
+          "fixed", "--base-lr", "0.1"], "--weight-decay must be a finite number >= 0"),
         (["train", "--out", "{tmp}/a", "--steps", "5", "--seed", "-3", "--policy",
           "fixed", "--base-lr", "0.1"], "seed must be an integer from 0"),
         (["train", "--out", "{tmp}/a", "--epochs", "-1", "--policy", "fixed",
@@ -228,7 +228,7 @@ class TestTrainAndRangeTest:
         (["train", "--out", "{tmp}/a", "--steps", "5", "--policy", "fixed", "--base-lr",
           "0.1", "--coordinator", "localhost:1"], "give --coordinator, --num-processes"),
         (["range-test", "--out", "{tmp}/b", "--steps", "5", "--min-lr", "nan"],
-         "min_lr must be a finite number > 0"),
+         "--min-lr must be a finite number > 0"),
         (["sweep", "--out", "{tmp}/c", "--steps", "5", "--member", "a fixed base_lr=0.1",
           "--members-per-chunk", "0"], "--members-per-chunk must be a positive integer"),
         (["sweep", "--out", "{tmp}/c", "--steps", "5", "--member", "a fixed base_lr=0.1",

@@ -245,7 +245,7 @@ def test_a_stopped_experiment_says_so_in_one_line(tmp_path, stop, code, said):
     """Ctrl-C or SIGTERM (which the training loop turns into these, after saving a
     checkpoint) ends an experiment script with one line and the shell's status."""
     script = ("from _common import run_main\n"
-              "from clr_jax.harness.rundir import Terminated\n"
+              "from clr_jax.harness.stopping import Terminated\n"
               "def main():\n"
               f"    raise {stop}\n"
               "run_main(main)\n")

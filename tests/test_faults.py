@@ -180,7 +180,7 @@ def test_libraries_speak_only_when_asked(finished, tmp_path, caplog):
     logging (Orbax, absl, TensorStore, tfds) is let through with --verbose only."""
     import logging
 
-    from clr_jax.cli import _quiet_libraries
+    from clr_jax._quiet import quiet_libraries as _quiet_libraries
 
     run = interrupted_copy(finished, tmp_path)
     os.truncate(largest_array_file(run, 40), 1000)

@@ -124,6 +124,33 @@ class TestTraining:
                   resume=True, progress=False)
         assert (tmp_path / "r" / "summary.json").exists()  # nothing lost
 
+    def test_a_schedule_of_stages_is_recorded_as_stages(self, tmp_path):
+        """Stages are in config.json, so no digest of a million schedule values is
+        computed at each start; a record from an earlier version that has the digest is
+        still checked against the schedule's values."""
+        from clr_jax.harness.train import schedule_digest
+        from clr_jax.policies import staged
+
+        stages = {"policy": "triangular", "base_lr": 0.01, "max_lr": 0.05, "step_size": 5}
+        config = TrainConfig(num_steps=10, eval_every=10, log_every=10, checkpoint_every=5,
+                             schedule=stages, **MLP_CONFIG)
+        folder = tmp_path / "r"
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tiny_dataset(), folder, progress=False,
+                  on_log=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+        record = json.loads((folder / "config.json").read_text())
+        assert "schedule_sha256" not in record
+        right = schedule_digest(staged(config.schedule), config.num_steps)
+        for digest, works in (("0" * 64, False), (right, True)):
+            (folder / "config.json").write_text(json.dumps({**record,
+                                                            "schedule_sha256": digest}))
+            if works:
+                assert train(config, tiny_dataset(), folder, progress=False,
+                             resume=True)["steps"] == 10
+            else:
+                with pytest.raises(ValueError, match="differ from the saved run: schedule_sha"):
+                    train(config, tiny_dataset(), folder, progress=False, resume=True)
+
     def test_non_finite_loss_stops_with_step_and_rate(self, tmp_path):
         config = TrainConfig(num_steps=40, eval_every=10, log_every=10, checkpoint_every=10,
                              **{**MLP_CONFIG, "preprocess": "caffe"})

@@ -8,7 +8,9 @@ The pieces, each in its own module:
 - `models`, `kernels`: the networks, and the CPU kernels and compiler options they use;
 - `optim`: Caffe's SGD and the Optax optimizers by name, with per-layer multipliers;
 - `train`: `TrainConfig`, the pure step functions, `Trainer` and `train`;
-- `rundir`: a run's folder, its metrics, checkpoints and the loop that fills it;
+- `rundir`: a run's folder: its settings record, metrics and checkpoints;
+- `loop`, `stopping`: the loop that fills it (metric writers, the progress bar) and
+  stopping on Ctrl-C or SIGTERM with the last chunk saved;
 - `members`, `sweep`: sweeps of many schedules at once;
 - `jobs`: the range test of a harness model, and the demo.
 

@@ -20,9 +20,10 @@ from clr_jax.harness import distributed
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.rundir import RunDir
 from clr_jax.harness.train import Trainer, TrainConfig, make_eval_step
+from clr_jax.range_test import MODES
 from clr_jax.range_test import _check_common as _check_range
 
-__all__ = ["RangeTestPieces", "compare", "find_model_bounds", "range_test_pieces", "read_all",
+__all__ = ["RangeTestPieces", "RangeTestSettings", "compare", "find_model_bounds", "range_test_pieces", "read_all",
            "run_demo", "run_range_test", "write_range_test_report"]
 
 
@@ -34,6 +35,41 @@ def _report_folder(out, report: str, overwrite: bool) -> Path:
                          "another folder.")
     RunDir(out, overwrite=overwrite)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeTestSettings:
+    """The range tests' own settings (model, data and optimizer come from the run's
+    `TrainConfig`); `find_model_bounds` takes them as keywords, and the command line
+    makes its flags from them.
+
+    Attributes:
+      num_steps: steps of each range test (the ramp's length).
+      min_lr: the ramp's first rate.
+      max_lr: the ramp's last rate (raised x10 in the next round while the reading is at
+        its end).
+      mode: the ramp's shape; the paper's test is linear (e.g. min_lr 1e-4, max_lr
+        0.02).
+      repeats: range tests per round, each with its own seed (initialisation and data
+        order); the spread of their readings is the interval.
+      max_rounds: rounds of range tests at most: while the reading is flagged, the next
+        round extends the ramp, doubles the steps or the repeats.
+    """
+
+    num_steps: int = dataclasses.field(default=200, metadata={"flag": "steps"})
+    min_lr: float = 1e-5
+    max_lr: float = 10.0
+    mode: str = dataclasses.field(default="exponential",
+                                  metadata={"choices": MODES})
+    repeats: int = 3
+    max_rounds: int = 3
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad setting."""
+        _check_range(self.min_lr, self.max_lr, self.num_steps, self.mode)
+        for name in ("repeats", "max_rounds"):
+            if isinstance(getattr(self, name), bool) or not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,14 +131,14 @@ def find_model_bounds(
     config: TrainConfig,
     dataset: ImageDataset,
     *,
-    min_lr: float = 1e-5,
-    max_lr: float = 10.0,
-    num_steps: int = 200,
-    mode: str = "exponential",
+    min_lr: float = RangeTestSettings.min_lr,
+    max_lr: float = RangeTestSettings.max_lr,
+    num_steps: int = RangeTestSettings.num_steps,
+    mode: str = RangeTestSettings.mode,
     eval_every: int | None = None,
-    repeats: int = 3,
+    repeats: int = RangeTestSettings.repeats,
     method: str = "auto",
-    max_rounds: int = 3,
+    max_rounds: int = RangeTestSettings.max_rounds,
     strict: bool = True,
     progress: bool = True,
     on_round: Callable[[dict], None] | None = None,

@@ -1,6 +1,7 @@
-"""A run's folder and the loop that fills it: the checks before anything is written,
-the settings record and its check on resume, metrics.jsonl (and TensorBoard event files
-when asked), Orbax checkpoints, Ctrl-C, and `run_loop`, shared by single runs and sweeps.
+"""A run's folder: the checks before anything is written, the settings record and its
+check on resume, metrics.jsonl, Orbax checkpoints (with their digests, damaged ones moved
+aside). The loop that fills it is `clr_jax.harness.loop`; stopping on Ctrl-C and SIGTERM
+is `clr_jax.harness.stopping`.
 """
 
 from __future__ import annotations
@@ -9,21 +10,19 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import numpy as np
 
 from clr_jax._io import atomic_write, write_json
 from clr_jax.harness import distributed
+from clr_jax.harness.stopping import interrupts_deferred
 
-__all__ = ["RunDir", "Steppable", "StorageError", "TensorBoardWriter", "Terminated",
-           "interrupts_deferred", "read_metrics", "run_loop", "tree_digest"]
+__all__ = ["RunDir", "StorageError", "read_metrics", "tree_digest"]
 
 RESULT_FILES = ("summary.json", "metrics.jsonl", "config.json", "checkpoints", "tensorboard",
                 "checkpoint_digests.json")
@@ -93,85 +92,6 @@ def read_metrics(path: str | os.PathLike, up_to_step: int | None = None) -> list
     return [row for row in rows if up_to_step is None or row["step"] <= up_to_step]
 
 
-class Terminated(KeyboardInterrupt):
-    """The run was asked to stop by SIGTERM (what batch schedulers such as Slurm and
-    Kubernetes send before they kill a job); handled like Ctrl-C: the state is saved."""
-
-
-_STOP_SIGNALS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Holds Ctrl-C and SIGTERM back while a checkpoint is written, then delivers them: a
-    save is never cut in half by a request to stop (a kill still can cut it; Orbax then
-    keeps the previous checkpoint, since a save becomes visible only when complete)."""
-    if jax.process_count() > 1:  # the signals only set a flag there (see run_loop)
-        yield
-        return
-    received: list[int] = []
-    try:
-        previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum))
-                    for sig in _STOP_SIGNALS}
-    except ValueError:  # not the main thread: signals cannot be handled here
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if received:
-        raise _STOP_SIGNALS[received[0]]()
-
-
-@contextlib.contextmanager
-def _stop_requests(several: bool) -> Iterator[list[int]]:
-    """How a request to stop reaches the loop. Ctrl-C (SIGINT) and SIGTERM are noted in
-    the yielded list. One process: the handler also raises `KeyboardInterrupt` or
-    `Terminated` at once, so the loop saves the last finished chunk and stops; where
-    Python swallows that exception (a signal landing inside a garbage-collection
-    callback, such as JAX's, whose exceptions are only reported), the loop finds the
-    note after the chunk and stops then, and the swallowed exception is not reported.
-    Several processes: the signals are only noted, and the processes agree after each
-    chunk (see `_any_process`), so that all of them save the same step together."""
-    received: list[int] = []
-
-    def stop(signum, frame):
-        received.append(signum)
-        if not several:
-            raise _STOP_SIGNALS[signum]()
-
-    def unraisable(info):  # a stop request swallowed where exceptions cannot propagate
-        if not (received and isinstance(info.exc_value, KeyboardInterrupt)):
-            previous_hook(info)
-
-    signals = (signal.SIGINT, signal.SIGTERM)
-    try:
-        previous = {sig: signal.signal(sig, stop) for sig in signals}
-    except ValueError:  # not the main thread
-        yield received
-        return
-    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
-    try:
-        yield received
-    finally:
-        sys.unraisablehook = previous_hook
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _any_process(received: list[int]) -> int | None:
-    """The stop signal any process has received (the lowest number), else None: a
-    collective, so every process learns the same answer after the same chunk."""
-    from jax.experimental import multihost_utils
-
-    mine = min(received) if received else 0
-    every = np.asarray(multihost_utils.process_allgather(np.int32(mine)))
-    asked = every[every > 0]
-    return int(asked.min()) if asked.size else None
-
-
 def _differences(saved: Mapping[str, Any], record: Mapping[str, Any]) -> list[str]:
     """Settings that differ between a saved record and a new one. Keys the saved record
     does not have (settings added by a later version) are not differences."""
@@ -238,17 +158,26 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    def check_record(self, record: Mapping[str, Any]) -> dict:
+    def check_record(self, record: Mapping[str, Any],
+                     on_demand: Mapping[str, Callable[[], Any]] | None = None) -> dict:
         """Writes config.json; on resume, first checks it against the saved one.
+
+        ``on_demand`` holds entries that cost something to compute and are checked only
+        when the saved record has them (e.g. a digest of the schedule's values, which a
+        run whose stages are recorded does not need, but an earlier run recorded).
 
         Returns the record as it was saved (through JSON).
 
         Raises:
           ValueError: naming the settings that differ from the saved run's.
         """
-        record = json.loads(json.dumps(record))
         config_path = self.path / "config.json"
         saved = json.loads(config_path.read_text()) if config_path.exists() else None
+        record = dict(record)
+        for key, compute in (on_demand or {}).items():
+            if key not in record and self.resume and saved is not None and key in saved:
+                record[key] = compute()
+        record = json.loads(json.dumps(record))
         if self.resume and saved is not None:
             changed = _differences(saved, record)
             if changed:
@@ -449,147 +378,12 @@ class RunDir:
         return aside
 
 
-class TensorBoardWriter:
-    """Writes metrics rows as TensorBoard scalars (with tensorboardX, which needs no
-    TensorFlow) into ``folder``.
+def __getattr__(name: str):
+    """The names that moved to `clr_jax.harness.loop` and `clr_jax.harness.stopping`,
+    still importable from here."""
+    from clr_jax.harness import loop, stopping
 
-    A row's numbers become scalars tagged by their key; a list (a sweep's per-member
-    values) becomes one scalar per member, tagged ``key/name``. TensorBoard hides the
-    events at or after ``purge_step`` that earlier sessions wrote, so a resumed run
-    shows one curve.
-
-    Raises:
-      ValueError: if tensorboardX is not installed.
-    """
-
-    def __init__(self, folder: str | os.PathLike, *, names: list[str] | None = None,
-                 purge_step: int | None = None):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            raise ValueError('TensorBoard files need tensorboardX: pip install '
-                             '"clr-jax[tensorboard]"') from None
-        self.names = names
-        self._writer = SummaryWriter(os.fspath(folder), purge_step=purge_step or None)
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        step = int(row["step"])
-        for key, value in row.items():
-            if key == "step":
-                continue
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._writer.add_scalar(key, value, step)
-            elif isinstance(value, list) and self.names and len(value) == len(self.names):
-                for name, item in zip(self.names, value):
-                    if isinstance(item, (int, float)) and not isinstance(item, bool):
-                        self._writer.add_scalar(f"{key}/{name}", item, step)
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-class Steppable(Protocol):
-    """What `run_loop` needs of a trainer."""
-
-    chunk: int
-    initial_state: Any
-
-    def run_steps(self, state: Any, first_step: int, num_steps: int) -> tuple[Any, Any]: ...
-
-    def place(self, state: Any) -> Any: ...
-
-
-def run_loop(
-    trainer: Steppable,
-    run_dir: RunDir,
-    *,
-    num_steps: int,
-    log_every: int,
-    checkpoint_every: int | None,
-    make_row: Callable[[int, int, Any, Any], dict],
-    postfix: Callable[[dict], dict],
-    progress: bool,
-    on_log: Callable[[dict], None] | None = None,
-    desc: str = "train",
-    tensorboard: bool = False,
-    member_names: list[str] | None = None,
-) -> tuple[Any, int, int, float]:
-    """The loop shared by single runs and sweeps: chunks of compiled steps, metrics rows,
-    checkpoints, resume, the progress bar and Ctrl-C.
-
-    ``make_row(step, length, losses, state)`` turns a finished chunk into its metrics
-    row (evaluating when due); ``postfix(row)`` gives the progress bar's fields. A row
-    is written every ``log_every`` steps, whenever it holds test metrics, and at the
-    end, to metrics.jsonl and, with ``tensorboard``, as TensorBoard scalars in
-    ``tensorboard/`` (a sweep's per-member lists tagged by ``member_names``). On
-    Ctrl-C the state of the last finished chunk is saved before ``KeyboardInterrupt``
-    is raised again.
-
-    Returns:
-      ``(state, step, steps_run, seconds)``: the final state, its step, the steps run in
-      this call and their wall time.
-    """
-    state, step = trainer.initial_state, 0
-    if run_dir.resume:
-        latest, restored = run_dir.restore_latest(state)
-        if latest is not None:
-            step, state = latest, trainer.place(restored)
-    run_dir.truncate_metrics(step)
-    # Rows after the checkpoint that an interrupted session wrote are written again.
-    primary = distributed.is_primary()
-    board = (TensorBoardWriter(run_dir.path / "tensorboard", names=member_names,
-                               purge_step=step + 1) if tensorboard and primary else None)
-
-    bar = None
-    if progress and primary:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_steps, initial=step, unit="step", desc=desc, dynamic_ncols=True)
-    started, steps_run = time.perf_counter(), 0
-    several = jax.process_count() > 1
-    try:
-        with open(run_dir.metrics_path if primary else os.devnull, "a") as metrics_file, \
-                _stop_requests(several) as received:
-            while step < num_steps:
-                length = min(trainer.chunk, num_steps - step)
-                new_state, losses = trainer.run_steps(state, step, length)
-                row = make_row(step + length, length, np.asarray(losses), new_state)
-                row["seconds"] = round(time.perf_counter() - started, 3)  # of this session
-                state = new_state
-                step += length
-                steps_run += length
-                if step % log_every == 0 or "test_accuracy" in row or step == num_steps:
-                    try:
-                        metrics_file.write(json.dumps(row) + "\n")
-                        metrics_file.flush()
-                    except OSError as error:
-                        raise StorageError(
-                            f"{'no space left on device' if _no_space(error) else _reason(error)}"
-                            f" while writing {run_dir.metrics_path}; the checkpoints are kept. "
-                            "Free some space there, then run the same command with "
-                            "resume=True.") from None
-                    if board is not None:
-                        board.write(row)
-                    if on_log is not None:
-                        on_log(row)
-                if checkpoint_every and (step % checkpoint_every == 0 or step == num_steps):
-                    run_dir.save(step, state)
-                asked = _any_process(received) if several else min(received, default=None)
-                if asked is not None:  # every process stops after this chunk
-                    if run_dir.latest_step() != step:
-                        run_dir.save(step, state)
-                    raise _STOP_SIGNALS[asked]()
-                if bar is not None:
-                    bar.update(length)
-                    bar.set_postfix(**postfix(row))
-    except KeyboardInterrupt:
-        if run_dir.latest_step() != step:  # the chunk may have been saved already
-            run_dir.save(step, state)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        if board is not None:
-            board.close()
-    return state, step, steps_run, time.perf_counter() - started
-
+    for module in (loop, stopping):
+        if name in module.__all__:
+            return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,7 +42,7 @@ from clr_jax.harness import kernels as kernel_choice
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.device_data import DeviceData
 from clr_jax.harness.members import Member
-from clr_jax.harness.rundir import RunDir, run_loop
+from clr_jax.harness.loop import metric_writers, open_run, run_loop
 from clr_jax.harness.optim import eval_params
 from clr_jax.harness.train import (ModelParts, TrainConfig, make_eval_step, make_loss,
                                    train_steps)
@@ -296,10 +296,8 @@ def sweep(
                         ("member_devices", member_devices)):
         if value is not None:
             v.positive_int(name, value)
-    config.validate(dataset)  # before the folder is touched
-    run_dir = RunDir(out, resume=resume, overwrite=overwrite)
-    if resume and run_dir.finished("sweep.json") is None:
-        run_dir.check_resumable()  # before anything is written
+    run_dir = open_run(config, dataset, out, resume=resume, overwrite=overwrite,
+                       summary="sweep.json")  # before anything is built or written
     trainer = SweepTrainer(config, dataset, members, members_per_chunk=members_per_chunk,
                            member_devices=member_devices)
     diverged: dict[int, int] = {}
@@ -335,8 +333,9 @@ def sweep(
     state, step, steps_run, seconds = run_loop(
         trainer, run_dir, num_steps=config.num_steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, make_row=make_row, postfix=postfix,
-        progress=progress, desc=f"sweep x{len(members)}", tensorboard=tensorboard,
-        member_names=[m.name for m in members])
+        progress=progress, desc=f"sweep x{len(members)}",
+        writers=metric_writers(run_dir, tensorboard=tensorboard,
+                               names=[m.name for m in members]))
     results = _results(members, run_dir.read_metrics(step), diverged, target_accuracy)
     summary = {
         "members": results["members"],

@@ -5,7 +5,7 @@ inside the compiled step. Steps are pure functions (`make_loss`, `train_steps`,
 `make_eval_step`) that `Trainer` compiles for one run and a sweep vmaps over many.
 Steps run in compiled chunks: one ``lax.scan`` per chunk, or on CPU for convolutional
 models fully unrolled groups of steps (`clr_jax._backend`). Python touches the loop
-only between chunks (`clr_jax.harness.rundir.run_loop`): logging, evaluation,
+only between chunks (`clr_jax.harness.loop.run_loop`): logging, evaluation,
 checkpoints, the progress bar.
 
 Because every step depends only on (seed, step) and the state, and checkpoints fall
@@ -35,9 +35,9 @@ from clr_jax.harness import distributed
 from clr_jax.harness import kernels as kernel_choice
 from clr_jax.harness.data import ImageDataset
 from clr_jax.harness.device_data import PREPROCESS, DeviceData
-from clr_jax.harness.models import CAFFE_MULTIPLIERS, build_model
-from clr_jax.harness.optim import eval_params, make_optimizer, multipliers_for
-from clr_jax.harness.rundir import RunDir, run_loop
+from clr_jax.harness.models import CAFFE_MULTIPLIERS, MODELS, build_model
+from clr_jax.harness.optim import OPTIMIZERS, eval_params, make_optimizer, multipliers_for
+from clr_jax.harness.loop import metric_writers, open_run, run_loop
 from clr_jax.policies import Stage, parse_stages, staged
 
 __all__ = [
@@ -65,45 +65,53 @@ class TrainConfig:
     config.json and checked when it resumes. Lengths are in steps (updates).
 
     Attributes:
-      model: a `clr_jax.harness.models.MODELS` name.
-      optimizer: a `clr_jax.harness.optim.OPTIMIZERS` name.
+      model: the network (`clr_jax.harness.models.MODELS`).
+      optimizer: the optimizer (`clr_jax.harness.optim.OPTIMIZERS`).
       momentum: the optimizer's momentum (where it has one).
       weight_decay: L2 added to the gradient, times each layer's decay multiplier.
-      caffe_multipliers: the Caffe net's per-layer lr and decay multipliers.
+      caffe_multipliers: the Caffe net's per-layer lr and decay multipliers (the
+        paper's).
       batch_size: training images per step.
       num_steps: the run's length.
       eval_every: steps between test evaluations.
       log_every: steps between metrics.jsonl rows.
       checkpoint_every: steps between checkpoints (None: only on interrupt).
       seed: initialisation and data order.
-      preprocess: ``"caffe"`` or ``"standard"`` (`clr_jax.harness.device_data`).
+      preprocess: caffe (subtract the mean image, 0-255, as the paper) or standard
+        (per-channel mean and std) (`clr_jax.harness.device_data`).
       augment: random crops and flips.
-      shuffle: a new order every epoch (else one fixed seeded order).
+      shuffle: a new order every epoch (else one fixed seeded order every epoch, as
+        Caffe read its pre-shuffled database).
       eval_batch_size: test images per evaluation batch.
-      kernels: ``"auto"``, ``"fast"`` or ``"lax"`` (`clr_jax.harness.kernels`).
+      kernels: the models' CPU kernels and compiler options: fast, lax (plain jax.lax and
+        XLA's defaults) or auto (fast on CPU) (`clr_jax.harness.kernels`).
       schedule: the learning-rate schedule as stages (`clr_jax.policies.parse_stages`
         accepts the forms; e.g. ``{"policy": "triangular2", "base_lr": 0.001,
         "max_lr": 0.006, "step_size": 2000}``). Empty when the schedule is passed to
         `train` as a function instead.
     """
 
-    model: str = "caffe_cifar10"
-    optimizer: str = "caffe_sgd"
+    # metadata: the command line's flag name where it is not the field's, and the
+    # choices (clr_jax._flags generates the flags from these fields and the docstring)
+    model: str = dataclasses.field(default="caffe_cifar10",
+                                   metadata={"choices": lambda: tuple(MODELS)})
+    optimizer: str = dataclasses.field(default="caffe_sgd", metadata={"choices": OPTIMIZERS})
     momentum: float = 0.9
     weight_decay: float = 0.004
     caffe_multipliers: bool = True
     batch_size: int = 100
-    num_steps: int = 1000
+    num_steps: int = dataclasses.field(default=1000, metadata={"flag": "steps"})
     eval_every: int = 500
     log_every: int = 100
     checkpoint_every: int | None = None
     seed: int = 0
-    preprocess: str = "caffe"
+    preprocess: str = dataclasses.field(default="caffe", metadata={"choices": PREPROCESS})
     augment: bool = False
     shuffle: bool = True
     eval_batch_size: int = 500
-    kernels: str = "auto"
-    schedule: tuple[Stage, ...] = ()
+    kernels: str = dataclasses.field(default="auto",
+                                     metadata={"choices": kernel_choice.KERNELS})
+    schedule: tuple[Stage, ...] = dataclasses.field(default=(), metadata={"flag": None})
 
     def __post_init__(self):
         if self.schedule is not None and len(self.schedule):
@@ -113,9 +121,6 @@ class TrainConfig:
 
     def validate(self, dataset: ImageDataset | None = None) -> None:
         """Raises ValueError naming the first bad setting."""
-        from clr_jax.harness.models import MODELS
-        from clr_jax.harness.optim import OPTIMIZERS
-
         v.choice("model", self.model, tuple(MODELS))
         v.choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("batch_size", "num_steps", "eval_every", "log_every", "eval_batch_size"):
@@ -286,12 +291,15 @@ class ModelParts:
             multipliers=self.multipliers)
 
     def is_convolutional(self, batch_size: int, image_shape: tuple[int, ...]) -> bool:
-        loss = make_loss(self.graphdef)
-        images = jnp.zeros((batch_size, *image_shape))
-        labels = jnp.zeros((batch_size,), jnp.int32)
-        # (rest is an argument, not a constant: BatchNorm updates its statistics)
-        return _backend.uses_convolution(lambda p, r: loss(p, r, images, labels)[0],
-                                         self.params, self.rest)
+        """Whether the model convolves (which shapes the loop on CPU,
+        `clr_jax._backend.group_size`): read from the jaxpr of one forward pass on
+        abstract inputs, with no gradient traced and no batch allocated (a forward
+        convolution is what puts convolutions in the gradient)."""
+        images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
+        labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+        jaxpr = jax.make_jaxpr(make_loss(self.graphdef))(self.params, self.rest, images,
+                                                          labels)
+        return _backend.has_convolution(jaxpr)
 
 
 class Trainer:
@@ -433,19 +441,20 @@ def train(
         from the saved run's, or a resume with no checkpoint to resume from.
       TrainingError: when the loss stops being finite (the last checkpoint is kept).
       KeyboardInterrupt: after saving a checkpoint, when interrupted by Ctrl-C, or
-        `clr_jax.harness.rundir.Terminated` (a subclass) by SIGTERM.
+        `clr_jax.harness.stopping.Terminated` (a subclass) by SIGTERM.
     """
     if schedule is not None and config.schedule:
         raise ValueError("give the schedule once: TrainConfig.schedule or schedule=, not both.")
-    config.validate(dataset)  # before the folder is touched
-    run_dir = RunDir(out, resume=resume, overwrite=overwrite)
-    if resume and run_dir.finished() is None:
-        run_dir.check_resumable()  # before anything is written
+    run_dir = open_run(config, dataset, out, resume=resume, overwrite=overwrite,
+                       summary="summary.json")  # before anything is built or written
     trainer = Trainer(config, dataset, schedule)
-    record = run_dir.check_record({
-        "config": dataclasses.asdict(config),
-        "schedule_sha256": schedule_digest(trainer.schedule, config.num_steps),
-        **(describe or {})})
+    # The stages are recorded in the config; a schedule function only as its values'
+    # digest (computed for stages too when an earlier run's record has one).
+    digest = {"schedule_sha256": lambda: schedule_digest(trainer.schedule, config.num_steps)}
+    record = run_dir.check_record(
+        {"config": dataclasses.asdict(config), **(describe or {}),
+         **({} if config.schedule else {k: f() for k, f in digest.items()})},
+        on_demand=digest)
     if resume and (finished := run_dir.finished()) is not None:
         return {**finished, "finished_before": True}  # nothing to do, nothing rewritten
 
@@ -471,7 +480,8 @@ def train(
     state, step, steps_run, seconds = run_loop(
         trainer, run_dir, num_steps=config.num_steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, make_row=make_row, postfix=postfix,
-        progress=progress, on_log=on_log, tensorboard=tensorboard)
+        progress=progress, writers=metric_writers(run_dir, tensorboard=tensorboard,
+                                                  on_log=on_log))
     final = trainer.evaluate(state)
     evaluated = [r for r in run_dir.read_metrics(step) if "test_accuracy" in r]
     best_row = max(evaluated, key=lambda r: r["test_accuracy"]) if evaluated else None
