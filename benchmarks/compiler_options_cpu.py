@@ -38,8 +38,12 @@ from clr_jax.harness.models import build_model
 from clr_jax.harness.train import TrainConfig, Trainer, train_steps
 
 LOOP_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+# reductions and elementwise fusions in YNNPACK, convolutions and products in XLA's own
+YNN_REDUCE_ELTWISE = {"xla_cpu_experimental_ynn_fusion_type":
+                      "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_ELTWISE"}
 VARIANTS = {"default": None, "ynn_reductions_only": YNN_REDUCTIONS_ONLY,
-            "loop_emitters": LOOP_EMITTERS, "both": {**YNN_REDUCTIONS_ONLY, **LOOP_EMITTERS}}
+            "loop_emitters": LOOP_EMITTERS, "both": {**YNN_REDUCTIONS_ONLY, **LOOP_EMITTERS},
+            "ynn_reduce_eltwise": YNN_REDUCE_ELTWISE}
 STEPS_PER_TIMING = 4
 
 
@@ -140,13 +144,15 @@ def main():
           f"`python benchmarks/compiler_options_cpu.py --rounds {args.rounds}` → "
           f"`results/{path.name}`", "",
           f"One SGD step, batch 100, float32; {m['cpu']} ({m['cores']} cores), jax "
-          f"{m['jax']}; four compilations alternated {args.rounds} times: XLA's default, "
+          f"{m['jax']}; five compilations alternated {args.rounds} times: XLA's default, "
           "only reductions in YNNPACK (`kernels.YNN_REDUCTIONS_ONLY`), the older loop "
-          "emitters (`xla_cpu_use_fusion_emitters=False`), and both. "
+          "emitters (`xla_cpu_use_fusion_emitters=False`), both, and reductions and "
+          "elementwise fusions in YNNPACK. "
           "`kernels.compiler_options` applies each option to the models where it is "
           "faster. Ratios are step time / default step time (median of pairs, range).", "",
           "| model | default step (ms) | reductions only in YNNPACK | loop emitters | both "
-          "| loss after 4 steps: default, both |", "|---|---|---|---|---|---|"]
+          "| reductions and elementwise in YNNPACK | loss after 4 steps: default, both |",
+          "|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         loss = row["loss_after_4_steps"]
         cells = [f"{row[v]['ratio_median']:.3f} ({row[v]['ratio_min']:.2f}-"

@@ -95,39 +95,49 @@ class TestFastKernels:
 
     def test_compiler_options_per_model_on_cpu(self, monkeypatch):
         long = kernels.LOOP_EMITTERS_MIN_STEPS
-        loop = {"xla_cpu_use_fusion_emitters": False}
-        assert kernels.compiler_options("caffe_cifar10", "fast", long) == {
-            **kernels.YNN_REDUCTIONS_ONLY, **loop}
-        assert kernels.compiler_options("caffe_cifar10", "auto", long - 1) == \
-            kernels.YNN_REDUCTIONS_ONLY
-        assert kernels.compiler_options("resnet20", "fast", long) == kernels.YNN_REDUCTIONS_ONLY
+        fusions = kernels.YNN_REDUCE_ELTWISE
+        assert kernels.compiler_options("caffe_cifar10", "fast", long) == fusions
+        assert kernels.compiler_options("caffe_cifar10", "auto", long - 1) == fusions
+        assert kernels.compiler_options("resnet20", "fast", long) == fusions
         assert kernels.compiler_options("mlp", "fast", long) is None
         assert kernels.compiler_options("caffe_cifar10", "lax", long) is None
         data = load_dataset("sample")
         caffe = Trainer(TrainConfig(num_steps=long, batch_size=48), data,
                         optax.constant_schedule(0.001))
-        assert caffe.compiler_options == {**kernels.YNN_REDUCTIONS_ONLY, **loop}
+        assert caffe.compiler_options == fusions
         monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
         assert kernels.resolve("auto") == "lax"
         assert kernels.compiler_options("caffe_cifar10", "fast", long) is None
 
-    def test_convolutions_leave_ynnpack_and_reductions_stay(self):
-        """The option reaches XLA: the compiled convolution is XLA's own, the reduction
-        still a YNNPACK fusion (this jaxlib's names)."""
+    def test_convolutions_leave_ynnpack_and_the_rest_goes_there(self):
+        """The options reach XLA: the compiled convolution is XLA's own; the reduction
+        is a YNNPACK fusion, and with elementwise fusions also the pooling-like
+        elementwise work after it (this jaxlib's names)."""
         x, kernel = jnp.ones((16, 32, 32, 3)), jnp.ones((5, 5, 3, 32))
 
         def conv_and_sum(x, kernel):
             y = conv_same(x, kernel)
             return y, y.sum((0, 1, 2))
 
-        def entry(options):  # the compiled program's top-level instructions
-            f = jax.jit(conv_and_sum, compiler_options=options)
-            text = f.lower(x, kernel).compile().as_text()
+        def pool_relu(x):  # elementwise only: shifted maxima and a ReLU
+            return jax.nn.relu(kernels.separable_window3x3(
+                x, 2, kernels.ceil_padding(x), jnp.maximum, -jnp.inf))
+
+        def entry(f, options, *args):  # the compiled program's top-level instructions
+            text = jax.jit(f, compiler_options=options).lower(*args).compile().as_text()
             return text[text.index("ENTRY"):].split("\n}")[0]
 
-        default, reductions_only = entry(None), entry(kernels.YNN_REDUCTIONS_ONLY)
+        default = entry(conv_and_sum, None, x, kernel)
         assert "convolution(" not in default and "__ynn_fusion" in default
-        assert "convolution(" in reductions_only and "__ynn_fusion" in reductions_only
+        for options in (kernels.YNN_REDUCTIONS_ONLY, kernels.YNN_REDUCE_ELTWISE):
+            program = entry(conv_and_sum, options, x, kernel)
+            assert "convolution(" in program and "__ynn_fusion" in program
+        y = jnp.linspace(-1, 1, 16 * 32 * 32 * 32).reshape(16, 32, 32, 32)
+        assert "__ynn_fusion" not in entry(pool_relu, kernels.YNN_REDUCTIONS_ONLY, y)
+        assert "__ynn_fusion" in entry(pool_relu, kernels.YNN_REDUCE_ELTWISE, y)
+        np.testing.assert_array_equal(  # and computes the same maxima
+            jax.jit(pool_relu, compiler_options=kernels.YNN_REDUCE_ELTWISE)(y),
+            jax.nn.relu(kernels.max_pool_ceil(y)))
 
     def test_training_curve_matches_the_plain_kernels(self, monkeypatch):
         data = load_dataset("sample")

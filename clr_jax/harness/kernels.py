@@ -27,6 +27,7 @@ __all__ = [
     "ceil_padding",
     "separable_window3x3",
     "LOOP_EMITTERS_MIN_STEPS",
+    "YNN_REDUCE_ELTWISE",
     "YNN_REDUCTIONS_ONLY",
     "avg_pool_ceil",
     "compiler_options",
@@ -283,20 +284,25 @@ def lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75, *,
 
 # -- XLA compiler options -----------------------------------------------------------------
 
-# Runs shorter than this keep XLA's default emitters: the loop emitters take about three
-# times as long to compile a 16-step group, which the faster steps pay back only after
-# about 3,500 steps (benchmarks/compiler_options_cpu.py).
+# Runs at least this long may compile with XLA's older loop emitters
+# (``xla_cpu_use_fusion_emitters=False``), which take about three times as long to compile
+# a 16-step group. With elementwise fusions in YNNPACK (below) they no longer make any
+# model's step faster, so no model uses them now (benchmarks/compiler_options_cpu.py).
 LOOP_EMITTERS_MIN_STEPS = 4000
 
 # XLA's CPU backend hands convolutions, matrix products and reductions to YNNPACK by
 # default. In this jaxlib YNNPACK runs the convolutions and small products of these nets
-# on one thread (benchmarks/cpu_threads.py), so the convolutional nets keep only the
-# reductions there; XLA's own (Eigen) convolutions use every core.
+# on one thread (benchmarks/cpu_threads.py), so the convolutional nets keep them in XLA's
+# own (Eigen) kernels, which use every core, and give YNNPACK the reductions and the
+# elementwise fusions (pooling, LRN, ReLU, the update): benchmarks/xla_cpu_leads.py.
 YNN_REDUCTIONS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+YNN_REDUCE_ELTWISE = {"xla_cpu_experimental_ynn_fusion_type":
+                      "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_ELTWISE"}
 
-# Per model name: (leave only reductions to YNNPACK, use the loop emitters for long runs).
-_CPU_OPTIONS = {"caffe_cifar10": (True, True), "resnet20": (True, False),
-                "resnet56": (True, False), "mlp": (False, False)}
+# Per model name: (its YNNPACK fusions, use the loop emitters for long runs).
+_CPU_OPTIONS = {"caffe_cifar10": (YNN_REDUCE_ELTWISE, False),
+                "resnet20": (YNN_REDUCE_ELTWISE, False),
+                "resnet56": (YNN_REDUCE_ELTWISE, False), "mlp": ({}, False)}
 
 
 def compiler_options(model: str, kernels: str = "auto",
@@ -305,18 +311,18 @@ def compiler_options(model: str, kernels: str = "auto",
     name), or None for XLA's defaults.
 
     Only with fast kernels on CPU: the convolutional nets (the Caffe net, the ResNets)
-    leave only reductions to YNNPACK (`YNN_REDUCTIONS_ONLY`): the training step of
-    ResNet-20 takes ~0.67 of the time with XLA's default, the Caffe net's ~0.64; the MLP,
-    all matrix products, keeps the default (~1.02x with it). The Caffe net also compiles
-    with XLA's older loop emitters (``xla_cpu_use_fusion_emitters=False``) for runs of at
-    least `LOOP_EMITTERS_MIN_STEPS` steps (or ``num_steps=None``): they make its step
-    faster and ResNet-20's slower, and take longer to compile, so short runs keep the
-    default emitters (benchmarks/compiler_options_cpu.py). The losses agree to rounding.
+    give YNNPACK only the reductions and the elementwise fusions (`YNN_REDUCE_ELTWISE`):
+    one training step of the Caffe net takes ~0.55 of the time with XLA's defaults,
+    ResNet-20's ~0.46, against ~0.62 and ~0.57 with reductions alone; the MLP, all
+    matrix products, keeps the defaults. The older loop emitters, once used by the Caffe
+    net for runs of at least `LOOP_EMITTERS_MIN_STEPS` steps, no longer make any step
+    faster and take three times as long to compile (benchmarks/compiler_options_cpu.py,
+    benchmarks/xla_cpu_leads.py). The losses agree to rounding (tests/test_kernels.py).
     """
     if resolve(kernels) != "fast" or not _backend.on_cpu():
         return None
-    reductions_only, loop_emitters = _CPU_OPTIONS.get(model, (False, False))
-    options: dict[str, Any] = dict(YNN_REDUCTIONS_ONLY) if reductions_only else {}
+    ynn_fusions, loop_emitters = _CPU_OPTIONS.get(model, ({}, False))
+    options: dict[str, Any] = dict(ynn_fusions)
     if loop_emitters and (num_steps is None or num_steps >= LOOP_EMITTERS_MIN_STEPS):
         options["xla_cpu_use_fusion_emitters"] = False
     return options or None
