@@ -90,7 +90,7 @@ def test_readme_quotes_the_committed_demo_report():
     assert f"in {low:.0f} to {high:.0f} s" in readme
     assert (f"read max_lr {runs['range-test seeds 3-5']['max_lr']:.3g} and "
             f"{runs['range-test seeds 6-8']['max_lr']:.3g}") in readme
-    assert f"read {runs['perturbed 1e-6']['max_lr']:.3g} again" in readme
+    assert f"read {runs['perturbed 1e-6']['max_lr']:.3g}:" in readme
     assert f"within a factor {stability['checks']['max_lr_ratio']:.2f} in all six" in readme
     clr = [100 * r["stats"]["clr"]["mean"] for r in runs.values()]
     fixed = [100 * r["stats"]["fixed"]["mean"] for r in runs.values()]
@@ -182,12 +182,13 @@ def test_readme_quotes_the_committed_benchmarks():
     finder = json.loads((results / "range_test_vs_lr_finder_cpu.json").read_text())
     second = finder["ratios_to_torch_lr_finder"]["clr_jax_second_call"]["median"]
     assert f"a second test runs at {second:.2f}x torch-lr-finder's wall time" in readme
-    lengths = json.loads((results / "vs_pytorch_cpu.json").read_text())["lengths"]
-    first = [length["summary"]["clr_jax_first_run"] for length in lengths.values()]
-    steady = sorted(f"{run['speed_vs_pytorch_steady']:.2f}" for run in first)
-    assert f"at {steady[0]}-{steady[-1]}x PyTorch's images/s in steady state" in readme
-    wall = {f"{1 / run['speed_vs_pytorch_whole_job']:.1f}" for run in first}
-    assert len(wall) == 1 and f"takes {wall.pop()}x its wall time for a 1,000- or" in readme
+    job = json.loads((results / "vs_pytorch_cpu.json").read_text())["lengths"]["1000"]
+    first, second = (job["summary"][side] for side in ("clr_jax_first_run",
+                                                       "clr_jax_second_run"))
+    assert (f"runs at {first['speed_vs_pytorch_whole_job']:.2f}x PyTorch's speed from an "
+            f"empty compilation cache and {second['speed_vs_pytorch_whole_job']:.2f}x with a "
+            f"warm one, at {first['speed_vs_pytorch_steady']:.2f}x PyTorch's images/s in "
+            "steady state") in readme
 
 
 def test_guides_quote_the_committed_experiments():
