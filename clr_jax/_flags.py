@@ -145,10 +145,6 @@ def parse_stage(text: str):
     return policy, settings, steps
 
 
-# Settings whose flag is not --<name>: "decay" is also the name of a policy.
-_FLAG_NAMES = {"decay": "exp-decay"}
-
-
 def _policy_settings_by_name() -> dict[str, tuple[str, list[str], object]]:
     """Every setting a policy takes by name: (help, policies, example default), in the
     registry's order. ``log_*`` twins are for traced values in Python, not flags."""
@@ -172,7 +168,9 @@ def add_policy_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--policy", choices=list(POLICIES), help="learning-rate policy: "
                        + "; ".join(f"{p.name}: {p.description}" for p in POLICIES.values()))
     for name, (text, users, default) in _policy_settings_by_name().items():
-        flag = "--" + _FLAG_NAMES.get(name, name.replace("_", "-"))
+        # a setting named like a policy ("decay", exp_range's switch) would read as that
+        # policy: its flag names the first policy that takes it (--exp-range-decay)
+        flag = "--" + (f"{users[0]}_{name}" if name in POLICIES else name).replace("_", "-")
         where = f" ({', '.join(users)})"
         text = text.replace("%", "%%") + where
         if isinstance(default, bool):

@@ -247,11 +247,12 @@ def _range_settings(args, *, prefix: str = "", **extra):
 
 
 def _cmd_range_test(args: argparse.Namespace) -> int:
-    from clr_jax.harness.jobs import run_range_test
+    from clr_jax.harness.jobs import RangeTestSettings, run_range_test
     from clr_jax.suggest import METHODS
 
     dataset = _load_data(args)
-    config = _train_config(args, dataset, default_steps=200, eval_part=20)
+    config = _train_config(args, dataset, default_steps=RangeTestSettings.num_steps,
+                           eval_part=20)
     config = dataclasses.replace(config, log_every=config.eval_every)
     settings = _range_settings(args, num_steps=config.num_steps)
     methods = tuple(dict.fromkeys(args.method)) if args.method else \

@@ -134,3 +134,18 @@ def test_without_the_harness_its_commands_say_what_to_install(monkeypatch, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'pip install "clr-jax[harness]"' in err
     assert cli.main(["schedule", "--policy", "fixed", "--base-lr", "0.1", "--steps", "0"]) == 0
+
+
+def test_a_setting_named_like_a_policy_gets_its_policys_name(capsys):
+    """exp_range's ``decay`` switch would read as the ``decay`` policy: its flag is
+    --exp-range-decay, and it reaches the schedule."""
+    import clr_jax
+
+    argv = ["schedule", "--policy", "exp_range", "--base-lr", "0.001", "--max-lr", "0.006",
+            "--step-size", "10", "--gamma", "0.99", "--steps", "10,25"]
+    assert cli.main([*argv, "--exp-range-decay", "both"]) == 0
+    printed = [float(line.split("\t")[1]) for line in
+               capsys.readouterr().out.strip().split("\n")[1:]]
+    schedule = clr_jax.exp_range(0.001, 0.006, 10, gamma=0.99, decay="both")
+    assert printed == pytest.approx([float(schedule(10)), float(schedule(25))], rel=1e-5)
+    assert cli.main([*argv, "--exp-decay", "both"]) == 2  # no hand-kept alias
