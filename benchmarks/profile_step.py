@@ -11,9 +11,9 @@ up, then runs --steps steps under its profiler:
   executed XLA operation's duration, grouped by what the operation is in the compiled
   program (XLA's optimised HLO, dumped by the same process): convolutions (XLA's Eigen
   kernels; XLA writes conv1 as matrix products) and matrix products (the spectral
-  convolutions' DFTs and channel mixing, ip1), reductions handed to YNNPACK (bias
-  gradients, batch sums), and XLA's fused loops (max and average pooling, LRN, ReLU,
-  padding, layout copies, the SGD update);
+  convolutions' DFTs and channel mixing, ip1), reductions (bias gradients, batch sums;
+  YNNPACK runs them), and the fused elementwise loops, XLA's or YNNPACK's (max and
+  average pooling, LRN, ReLU, padding, layout copies, the SGD update);
 - PyTorch 2.13: `torch.profiler` around the same loop as
   benchmarks/pytorch_caffe_cifar10.py; the self time of each ATen operation, grouped
   the same way (convolutions and their gradients in oneDNN, matrix products, pooling,
@@ -69,7 +69,9 @@ def classify_hlo(line: str, body: str) -> str:
     inner = body + " " + line
     if opcode in ("convolution", "dot") or " convolution(" in inner or " dot(" in inner:
         return CATEGORIES[0]
-    if "ynn" in line.split(" = ", 1)[0] or " reduce(" in inner or opcode == "reduce":
+    # (YNNPACK fusions hold reductions, or with kernels.YNN_REDUCE_ELTWISE also
+    # elementwise work: classified by what they compute, not by who runs them)
+    if " reduce(" in inner or opcode == "reduce":
         return CATEGORIES[1]
     return CATEGORIES[2]
 
