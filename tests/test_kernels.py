@@ -151,3 +151,23 @@ class TestFastKernels:
 
         monkeypatch.setattr(kernels, "LOOP_EMITTERS_MIN_STEPS", 0)  # every option on
         np.testing.assert_allclose(losses("fast"), losses("lax"), rtol=1e-5)
+
+    def test_a_resnet_under_the_resnets_options_matches_xlas_defaults(self, monkeypatch):
+        """The ResNets' options (`YNN_REDUCE_ELTWISE`: BatchNorm, ReLU, the residual adds
+        and the update in YNNPACK) against XLA's defaults, on ResNet-8 given ResNet-20's
+        options (the same blocks, cheaper to compile): the same 4-step training curve up
+        to rounding."""
+        monkeypatch.setitem(kernels._CPU_OPTIONS, "resnet8", kernels._CPU_OPTIONS["resnet20"])
+        data = load_dataset("sample")
+
+        def losses(kernel_choice):
+            config = TrainConfig(model="resnet8", optimizer="momentum", num_steps=4,
+                                 eval_every=4, log_every=4, batch_size=16, shuffle=False,
+                                 kernels=kernel_choice, preprocess="standard",
+                                 schedule={"policy": "fixed", "base_lr": 0.05})
+            trainer = Trainer(config, data)
+            assert trainer.compiler_options == (kernels.YNN_REDUCE_ELTWISE
+                                                if kernel_choice == "fast" else None)
+            return np.asarray(trainer.run_steps(trainer.initial_state, 0, 4)[1])
+
+        np.testing.assert_allclose(losses("fast"), losses("lax"), rtol=1e-5)
