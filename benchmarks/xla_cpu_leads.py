@@ -1,5 +1,5 @@
-"""Issue 30's untried XLA:CPU leads for the paper's Caffe net, one by one: the other
-YNNPACK fusion types and oneDNN, each on top of what the harness uses now.
+"""XLA:CPU options not tried before for the paper's Caffe net, one by one: the other
+YNNPACK fusion types and oneDNN, each on top of what the harness used before.
 
     python benchmarks/xla_cpu_leads.py [--rounds 6] [--group 4]
 
@@ -133,7 +133,7 @@ def report(result):
     path = write_result(result_name, result)
     m = result["machine"]
     backend = jax.default_backend()
-    md = [f"## Untried XLA:CPU options for the Caffe net ({backend}, issue 30"
+    md = [f"## Untried XLA:CPU options for the Caffe net ({backend}"
           + (f", {tag}" if tag else "") + ")", "",
           f"`python benchmarks/xla_cpu_leads.py --rounds {rounds} --group {group}"
           + (f" --variants {result['variants_asked']} --tag {tag}" if tag else "") + "` "
