@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
+
+from clr_jax._docstrings import section_items
 
 __all__ = ["add_flags", "add_policy_flags", "field_docs", "given", "given_policy_settings",
            "in_flags", "parse_stage", "policy_settings", "schedule_stages"]
@@ -28,17 +29,7 @@ __all__ = ["add_flags", "add_policy_flags", "field_docs", "given", "given_policy
 
 def field_docs(cls) -> dict[str, str]:
     """Each field's text in the ``Attributes:`` section of ``cls``'s docstring."""
-    doc = inspect.getdoc(cls) or ""
-    section = re.search(r"^Attributes:\n(.*?)(?:\n\S|\Z)", doc, re.M | re.S)
-    docs: dict[str, str] = {}
-    name = None
-    for line in section.group(1).splitlines() if section else ():
-        item = re.match(r"^ {2}(\w+): ?(.*)$", line)
-        if item:
-            name = item.group(1)
-            docs[name] = item.group(2).strip()
-        elif name and line.strip():
-            docs[name] += " " + line.strip()
+    docs = section_items(cls, "Attributes")
     return {k: re.sub(r"`+", "", text) for k, text in docs.items()}
 
 

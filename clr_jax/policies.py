@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from clr_jax import _validation as v
+from clr_jax._docstrings import section_items
 from clr_jax import schedules
 
 __all__ = ["POLICIES", "SWITCH_CHOICES", "Policy", "make_schedule", "parse_stages", "staged",
@@ -48,19 +49,7 @@ def _fixed(base_lr: jax.typing.ArrayLike) -> optax.Schedule:
 def _docstring_args(factory: Callable) -> dict[str, str]:
     """Each argument's description from a Google-style docstring's Args section, up to
     its first full stop."""
-    doc = inspect.getdoc(factory) or ""
-    match = re.search(r"^Args:\n((?:[ \t]+.*\n?|\n)*)", doc, re.MULTILINE)
-    if not match:
-        return {}
-    described: dict[str, str] = {}
-    name = None
-    for line in match.group(1).splitlines():
-        item = re.match(r"^  (\w+): (.*)$", line)
-        if item:
-            name = item.group(1)
-            described[name] = item.group(2).strip()
-        elif name and line.startswith("    "):
-            described[name] += " " + line.strip()
+    described = section_items(factory, "Args")
     return {k: re.sub(r"(?<!\.)\.$", "", re.split(r"(?<=[^.]\.)\s", text)[0])
             for k, text in described.items()}
 
