@@ -19,13 +19,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
 import clr_jax
+from _caffe_group import CaffeGroup
 from _report import machine, update_section, write_result
 from clr_jax import _backend
-from clr_jax.harness.data import load_dataset
-from clr_jax.harness.train import TrainConfig, Trainer, train_steps
 
 
 def main():
@@ -34,20 +32,12 @@ def main():
     parser.add_argument("--groups", default="4,8,16")
     args = parser.parse_args()
     groups = [int(g) for g in args.groups.split(",")]
-    trainer = Trainer(TrainConfig(num_steps=1000, eval_every=100, log_every=100),
-                      load_dataset("sample"), optax.constant_schedule(0.001))
-    state, permutation = trainer.initial_state, trainer.epoch_order(0)
+    caffe = CaffeGroup(num_steps=1000, log_every=100)
+    trainer, state, permutation = caffe.trainer, caffe.state, caffe.permutation
     compiled, compile_seconds = {}, {}
     for group in groups:
-        def fn(state, first_step, permutation, group=group):
-            return train_steps(trainer.loss, trainer.data, trainer.tx, state, first_step,
-                               group, seed=0, unroll=True, permutation=permutation)
-
-        lowered = jax.jit(fn, compiler_options=trainer.compiler_options).lower(
-            state, jnp.int32(0), permutation)
-        started = time.perf_counter()
-        compiled[group] = lowered.compile()
-        compile_seconds[group] = time.perf_counter() - started
+        compiled[group], compile_seconds[group] = caffe.compile(group,
+                                                                trainer.compiler_options)
         jax.block_until_ready(compiled[group](state, jnp.int32(0), permutation))
         print(group, f"compiled in {compile_seconds[group]:.1f} s", flush=True)
     times = {group: [] for group in groups}

@@ -27,13 +27,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import clr_jax
+from _caffe_group import CaffeGroup
 from _report import machine, update_section, write_result
-from clr_jax.harness.data import load_dataset
 from clr_jax.harness.kernels import YNN_REDUCTIONS_ONLY
-from clr_jax.harness.train import TrainConfig, Trainer, train_steps
 
 YNN = "xla_cpu_experimental_ynn_fusion_type"
 # the harness's options for the Caffe net before this benchmark
@@ -74,23 +72,13 @@ def main():
                         "some variants kept beside the full run)")
     args = parser.parse_args()
     names = args.variants.split(",")
-    trainer = Trainer(TrainConfig(num_steps=70_000, eval_every=args.group,
-                                  log_every=args.group),
-                      load_dataset("sample"), optax.constant_schedule(0.001))
-    state = trainer.initial_state
-    permutation = trainer.epoch_order(0)
-
-    def group(state, first_step, permutation):
-        return train_steps(trainer.loss, trainer.data, trainer.tx, state, first_step,
-                           args.group, seed=0, unroll=True, permutation=permutation)
+    caffe = CaffeGroup(num_steps=70_000, log_every=args.group)
+    state, permutation = caffe.state, caffe.permutation
 
     compiled, texts, losses, compile_seconds = {}, {}, {}, {}
     for name in names:
-        lowered = jax.jit(group, compiler_options=options_of(VARIANTS[name])).lower(
-            state, jnp.int32(0), permutation)
-        started = time.perf_counter()
-        compiled[name] = lowered.compile()
-        compile_seconds[name] = time.perf_counter() - started
+        compiled[name], compile_seconds[name] = caffe.compile(
+            args.group, options_of(VARIANTS[name]))
         texts[name] = hashlib.sha256(compiled[name].as_text().encode()).hexdigest()
         # two groups from the same start: the losses of 2 x group steps
         s, first = compiled[name](state, jnp.int32(0), permutation)
