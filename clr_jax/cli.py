@@ -198,9 +198,10 @@ def _train_config(args, dataset, *, settings=None, default_steps=None, eval_part
     every evaluation (at most every 100 steps) unless set."""
     from clr_jax.harness.train import TrainConfig
 
-    settings = {**(settings or {}), **_flags.given(args, TrainConfig), **extra}
+    flags = _flags.given(args, TrainConfig)
+    settings = {**(settings or {}), **flags, **extra}
     if args.epochs is not None:
-        if "num_steps" in _flags.given(args, TrainConfig):
+        if "num_steps" in flags:
             raise UsageError("give --steps or --epochs, not both")
         import clr_jax
 

@@ -81,8 +81,9 @@ class TensorBoardWriter:
     """Writes metrics rows as TensorBoard scalars (with tensorboardX, which needs no
     TensorFlow) into ``folder``.
 
-    A metric writer (`MetricWriter`). A row's numbers become scalars tagged by their key; a list (a sweep's per-member
-    values) becomes one scalar per member, tagged ``key/name``. TensorBoard hides the
+    A metric writer (`MetricWriter`). A row's numbers become scalars tagged by their
+    key; a list (a sweep's per-member values) becomes one scalar per member, tagged
+    ``key/name``. TensorBoard hides the
     events at or after ``purge_step`` that earlier sessions wrote, so a resumed run
     shows one curve.
 
@@ -106,7 +107,7 @@ class TensorBoardWriter:
         """Starts writing after ``step`` (the events of earlier sessions after it are
         hidden)."""
         self.close()
-        self._writer = self._summary_writer(os.fspath(self.folder), purge_step=step + 1 or None)
+        self._writer = self._summary_writer(os.fspath(self.folder), purge_step=step + 1)
 
     def write(self, row: Mapping[str, Any]) -> None:
         step = int(row["step"])
