@@ -117,13 +117,14 @@ def test_every_train_setting_has_its_flag(command, capsys):
 def test_the_sweep_file_sets_what_the_flags_do_not(tmp_path):
     """A [train] table under the flags: flags win, the file beats the defaults, and a
     default the command derives (evaluation every tenth of the run) follows the file."""
+    from clr_jax.harness import commands
     from clr_jax.harness.data import load_dataset
 
     parser = cli.build_parser()
     args = parser.parse_args(["sweep", "--member", "a fixed base_lr=0.1", "--out", "x",
                               "--batch-size", "8", "--no-shuffle"])
-    config = cli._train_config(args, load_dataset("sample"),
-                               settings={"batch_size": 16, "num_steps": 50, "seed": 3})
+    config = commands.train_config(args, load_dataset("sample"),
+                                   settings={"batch_size": 16, "num_steps": 50, "seed": 3})
     assert (config.batch_size, config.shuffle, config.seed) == (8, False, 3)
     assert (config.num_steps, config.eval_every, config.log_every) == (50, 5, 5)
 

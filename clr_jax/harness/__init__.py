@@ -12,7 +12,8 @@ The pieces, each in its own module:
 - `loop`, `stopping`: the loop that fills it (metric writers, the progress bar) and
   stopping on Ctrl-C or SIGTERM with the last chunk saved;
 - `members`, `sweep`: sweeps of many schedules at once;
-- `jobs`: the range test of a harness model, and the demo.
+- `jobs`: the range test of a harness model, and the demo;
+- `commands`: the command line's ``range-test``, ``train``, ``sweep`` and ``demo``.
 
 The entry points are `clr_jax.harness.train.train` and `clr_jax.harness.sweep.sweep`
 (their modules share their names, so they are not re-exported here); the pieces they
