@@ -27,11 +27,19 @@ def scan(body: Callable, carry, xs=None, *, length: int | None = None, unroll: b
     which is exactly what unrolling is meant to avoid on CPU: a one-step group of the
     small CNN of experiments/range_test_cifar10_small.py ran 27x slower per step than a
     two-step group. Written out here, no group of any length holds a loop.
+
+    The body is traced once, as a nested ``jax.jit`` called ``length`` times: XLA
+    inlines the calls, so the compiled program computes exactly what writing the body
+    out ``length`` times does (bit-identical results, tests/test_backend.py), but a
+    training step is traced and lowered once instead of once per step
+    (benchmarks/lowering_cpu.py: the harness's 10-step Caffe-net group lowers in under
+    half the time).
     """
     if not unroll:
         return jax.lax.scan(body, carry, xs, length=length)
     if length is None:
         length = len(jax.tree.leaves(xs)[0])
+    body = jax.jit(body)
     outputs = []
     for i in range(length):
         carry, out = body(carry, None if xs is None else jax.tree.map(lambda x: x[i], xs))
