@@ -221,11 +221,10 @@ def _range_settings(args, *, prefix: str = "", **extra):
 def _cmd_range_test(args: argparse.Namespace) -> int:
     dataset = _load_data(args)
     config = train_config(args, dataset, default_steps=RangeTestSettings.num_steps,
-                           eval_part=20)
+                          eval_part=20)
     config = dataclasses.replace(config, log_every=config.eval_every)
     settings = _range_settings(args, num_steps=config.num_steps)
-    methods = tuple(dict.fromkeys(args.method)) if args.method else \
-        tuple(m for m in METHODS if m != "auto")
+    methods = tuple(dict.fromkeys(args.method or _RULES))
     found, bounds = run_range_test(
         config, dataset, args.out, **dataclasses.asdict(settings),
         eval_every=config.eval_every, overwrite=args.overwrite,
