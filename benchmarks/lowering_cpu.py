@@ -26,6 +26,7 @@ import argparse
 import collections
 import hashlib
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -114,7 +115,7 @@ def main():
                 done = subprocess.run(
                     [sys.executable, __file__, "--child", variant, str(group)],
                     capture_output=True, text=True, cwd=HERE, check=True,
-                    env={**__import__("os").environ, **env})
+                    env={**os.environ, **env})
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 runs[str(group)][variant].append(row)
                 print(round_, group, variant, f"lower {row['lower_seconds']:.2f} s, "
