@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -68,12 +69,49 @@ def _no_space(error: BaseException) -> bool:
     return False
 
 
+def _from_storage(error: BaseException | None) -> bool:
+    """Whether ``error`` (or an exception it was raised from) came out of Orbax or
+    TensorStore: raised in their code, or worded as their read and write errors are."""
+    seen = 0
+    while error is not None and seen < 16:
+        text = str(error)
+        if any(mark in text for mark in ("TensorStore", "OCDBT", "Encountered error while")):
+            return True
+        tb = error.__traceback__
+        while tb is not None:
+            name = tb.tb_frame.f_code.co_filename
+            if f"{os.sep}orbax{os.sep}" in name or f"{os.sep}tensorstore{os.sep}" in name:
+                return True
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False
+
+
+class _UnretrievedStorageErrors(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" records for Orbax's reads and
+    writes. Orbax runs them side by side; when several fail, the first failure is raised
+    (and reported here in one line), and the others were printed with their tracebacks
+    whenever the garbage collector met them. Every other asyncio record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "exception was never retrieved" not in str(record.msg):
+            return True
+        return not _from_storage(record.exc_info[1] if record.exc_info else None)
+
+
+_UNRETRIEVED_STORAGE_ERRORS = _UnretrievedStorageErrors()
+
+
 @contextlib.contextmanager
 def _quiet_threads() -> Iterator[None]:
     """Exceptions that Orbax's worker threads do not catch are reported by the error the
     save or restore raises; they are not printed a second time (with tracebacks)."""
     import threading
 
+    asyncio_log = logging.getLogger("asyncio")
+    if _UNRETRIEVED_STORAGE_ERRORS not in asyncio_log.filters:
+        asyncio_log.addFilter(_UNRETRIEVED_STORAGE_ERRORS)
     previous = threading.excepthook
     threading.excepthook = lambda args: None
     try:
