@@ -118,6 +118,37 @@ def test_readmes_quote_the_committed_table1_at_paper_scale():
     assert f"| {tri['fixed_steps_to_this_final']:,} (both seeds) |" in readme
 
 
+def test_readmes_quote_the_committed_table3_at_paper_scale():
+    """Table 3's finished paper-scale rows, as the result file has them, in both READMEs:
+    final and 25k accuracies, the cycle ends, and the numbers the README's paragraph
+    derives from the curves."""
+    import json
+
+    result = json.loads((ROOT / "experiments/results/table3_optimizers_1.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    experiments = " ".join((ROOT / "experiments/README.md").read_text().split())
+    table = (ROOT / "experiments/results/table3_optimizers_1.md").read_text()
+    assert table.split("\n\n")[1].strip() in (ROOT / "experiments/README.md").read_text()
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    adam = result["rows"]["adam"]
+    fixed, tri = adam["fixed"][0], adam["triangular"][0]
+    assert f"| {pct(fixed['final_test_accuracy'])}% after 70,000 it. | 81.4% after 70,000" \
+        in readme
+    end25, end = tri["cycle_end_25k"], tri["cycle_end_last"]
+    assert (f"| {pct(tri['at_25k'])}% at 25,000 it., {pct(tri['final_test_accuracy'])}% after "
+            f"70,000 it. ({pct(end25['test_accuracy'])}% / {pct(end['test_accuracy'])}% at the "
+            f"cycle ends at {end25['step']:,} / {end['step']:,}) |") in readme
+    curve = dict(zip(tri["eval_steps"], tri["test_accuracy"]))
+    ends = [curve[step] for step in range(12_000, end["step"] + 1, 4_000)]
+    fixed_curve = dict(zip(fixed["eval_steps"], fixed["test_accuracy"]))
+    assert (f"triangular holds {pct(min(ends))}-{pct(max(ends))}% from 12,000 iterations on, "
+            f"level with the fixed rate before its drops ({pct(fixed_curve[24_000])}% at "
+            f"24,000), and the drops take fixed to {pct(fixed['final_test_accuracy'])}%, "
+            f"{100 * (fixed['final_test_accuracy'] - end['test_accuracy']):.1f} points") in readme
+    assert (f"{pct(fixed['final_test_accuracy'])}% after 70,000 iterations; triangular "
+            f"{pct(tri['at_25k'])}% at 25,000") in experiments
+
+
 def test_readmes_quote_the_committed_jpeg_dose():
     """The JPEG dose-response numbers in both READMEs are the committed result files'."""
     import json

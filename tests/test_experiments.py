@@ -72,6 +72,13 @@ def test_table3(tmp_path):
     assert "adam-triangular" in out
     table = (tmp_path / "table3_optimizers_0.0002.md").read_text()
     assert f"{100 * tri['at_25k']:.1f} (79.8)" in table
+    # a cycle is 2 x s(2000) = 2 iterations here: the last cycle ends are 4 (25,000 x
+    # 0.0002 = 5 is part-way up a cycle) and 14 (the run's end)
+    assert tri["cycle_end_25k"] == {"step": 4, "test_accuracy": tri["test_accuracy"][3]}
+    assert tri["cycle_end_last"] == {"step": 14, "test_accuracy": tri["test_accuracy"][13]}
+    assert nesterov["triangular"][0]["cycle_end_last"]["step"] == 4
+    assert "cycle_end_25k" not in adam["fixed"][0]
+    assert f"{100 * tri['test_accuracy'][3]:.1f} (4)" in table
     # a finished run is not trained again: the second call only reads its summary
     metrics = (tmp_path / "runs" / "adam-fixed" / "metrics.jsonl").read_text()
     again = run("table3_optimizers.py", "--data", "sample", "--scale", "0.0002",
