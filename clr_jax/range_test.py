@@ -236,19 +236,54 @@ class _Loss:
     def __call__(self, params, model_state, batch, key):
         kwargs = {"key": key} if self.takes_key else {}
         if self.form == "plain":
-            return self.fn(params, batch, **kwargs), model_state
+            return _scalar_loss(self.fn(params, batch, **kwargs)), model_state
         if self.form == "state":
             out = self.fn(params, model_state, batch, **kwargs)
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise ValueError(
                     "with model_state, loss_fn must return (loss, new_model_state), as "
                     f"loss_fn(params, model_state, batch) does in Flax; got {type(out).__name__}.")
-            return out
+            return _scalar_loss(out[0]), out[1]
         from flax import nnx
 
         model = nnx.merge(self.graphdef, params, model_state, copy=True)
         value = self.fn(model, batch, **kwargs)
-        return value, nnx.state(model, nnx.Not(nnx.Param))
+        return _scalar_loss(value), nnx.state(model, nnx.Not(nnx.Param))
+
+
+def _scalar_loss(value):
+    """``value`` if it is one floating-point number; else a ValueError that says what
+    loss_fn returned and what to do."""
+    if isinstance(value, (tuple, list, dict)):
+        raise ValueError(
+            f"loss_fn must return the loss alone (one number); it returned a "
+            f"{type(value).__name__}. A loss that also returns new state (BatchNorm "
+            "statistics) takes model_state: loss_fn(params, model_state, batch) -> (loss, "
+            "new_model_state), with model_state= given.")
+    shape, dtype = np.shape(value), jnp.result_type(value)
+    if shape != ():
+        raise ValueError(f"loss_fn must return a scalar loss; it returned an array of shape "
+                         f"{shape}. Reduce it over the batch (e.g. .mean()).")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"loss_fn must return a floating-point loss; it returned {dtype}.")
+    return value
+
+
+def _check_params(params) -> None:
+    """Every trained leaf must be floating point: the test differentiates the loss with
+    respect to all of them."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if isinstance(leaf, (float, complex)):
+            continue
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            where = jax.tree_util.keystr(path) or "params"
+            raise ValueError(
+                f"params{where if where != 'params' else ''} is "
+                f"{'of dtype ' + str(dtype) if dtype is not None else type(leaf).__name__}; "
+                "the range test trains every leaf of params, so each must be a floating-point "
+                "array. Keep integer or fixed state out of params (in model_state, or closed "
+                "over by loss_fn).")
 
 
 class _Model(NamedTuple):
@@ -652,7 +687,8 @@ def range_test(
     Raises:
       ValueError: on bad settings (``min_lr >= max_lr``, ``num_steps < 2``,
         ``eval_every`` without ``eval_fn`` or the reverse, an unknown mode, too few
-        batches, ...).
+        batches, ...), on a ``loss_fn`` that does not return one floating-point number,
+        and on a leaf of ``params`` that is not a floating-point array.
 
     Examples:
       >>> import jax.numpy as jnp, clr_jax
@@ -676,6 +712,7 @@ def range_test(
     v.check("smoothing", smoothing, lambda b: (b >= 0) & (b < 1), "in [0, 1)")
     v.check("diverge_threshold", diverge_threshold, lambda d: d > 1, "> 1")
     model = _as_model(loss_fn, params, model_state, eval_fn, eval_mode, seed)
+    _check_params(model.params)
 
     _check_optimizer(optimizer)
     tx = optimizer(ramp(float(min_lr), float(max_lr), num_steps, mode))
@@ -826,7 +863,9 @@ def parallel_range_test(
 
     Raises:
       ValueError: on an empty or non-positive rate list, ``num_steps < 1``, no seeds,
-        ``tail_fraction`` outside (0, 1], or too few batches.
+        ``tail_fraction`` outside (0, 1], too few batches, a ``loss_fn`` that does not
+        return one floating-point number, or a leaf of ``params`` that is not a
+        floating-point array.
     """
     rates = np.asarray(learning_rates, dtype=np.float64).reshape(-1)
     if rates.size == 0:
@@ -858,6 +897,7 @@ def parallel_range_test(
 
     starts = [initial(seed) for seed in seeds]
     model = starts[0][0]
+    _check_params(model.params)
     if len({str(jax.tree.structure((m.params, m.model_state))) for m, _ in starts}) > 1:
         raise ValueError("init_fn must give every seed parameters of the same structure.")
     first_batch = jax.tree.map(lambda x: x[0], batches)

@@ -283,6 +283,27 @@ def test_parallel_range_test_bad_arguments(batches, kwargs, match):
                                     num_steps=4, **kwargs)
 
 
+@pytest.mark.parametrize("bad_loss, params, match", [
+    (lambda w, b: b["x"] @ w, jnp.zeros(5),
+     r"scalar loss; it returned an array of shape \(256,\)"),
+    (lambda w, b: (jnp.sum(w), {}), jnp.zeros(5), "the loss alone .* returned a tuple"),
+    (lambda w, b: jnp.sum(w > 0), jnp.zeros(5), "floating-point loss; it returned int32"),
+    (loss_fn, {"w": jnp.zeros(5), "count": jnp.zeros((), jnp.int32)},
+     r"params\['count'\] is of dtype int32"),
+])
+def test_a_loss_or_params_the_test_cannot_train_is_named(batches, bad_loss, params, match):
+    """What loss_fn returned, or which leaf of params, in words, before any training:
+    not JAX's message from deep inside the gradient."""
+    if isinstance(params, dict) and bad_loss is loss_fn:
+        bad_loss = lambda p, b: loss_fn(p["w"], b)  # noqa: E731
+    for test in (lambda: clr_jax.range_test(bad_loss, params, batches, min_lr=0.01,
+                                            max_lr=0.1, num_steps=10),
+                 lambda: clr_jax.parallel_range_test(bad_loss, params, batches,
+                                                     learning_rates=[0.1], num_steps=4)):
+        with pytest.raises(ValueError, match=match):
+            test()
+
+
 def test_batches_run_out(batches):
     items = ({k: x[i] for k, x in batches.items()} for i in range(5))
     with pytest.raises(ValueError, match="batches ran out after 5 of num_steps=10"):
