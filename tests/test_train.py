@@ -223,3 +223,31 @@ def test_schedule_free_is_evaluated_at_its_averaged_point():
     # a plain optimizer's state: the parameters themselves
     assert eval_params(optax.sgd(0.1).init(state["params"]), state["params"]) \
         is state["params"]
+
+
+def test_the_evaluation_compiles_once_beside_the_first_steps(caplog):
+    """The evaluation's program is compiled in a thread while the first steps compile,
+    and `evaluate` uses that program: one compilation of it in all (a second would mean
+    the thread compiled for arguments the real call does not pass)."""
+    import logging
+
+    config = TrainConfig(model="mlp", num_steps=8, eval_every=4, log_every=4, batch_size=16,
+                         eval_batch_size=10, schedule=[{"policy": "fixed", "base_lr": 0.01}])
+    trainer = Trainer(config, tiny_dataset())
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            state, _ = trainer.run_steps(trainer.initial_state, 0, 4)
+            first = trainer.evaluate(state)
+            state, _ = trainer.run_steps(state, 4, 4)
+            trainer.evaluate(state)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("Compiling jit(evaluate)")]
+    assert len(compiled) == 1, compiled
+    assert trainer._eval_ahead is not None and not trainer._eval_ahead.is_alive()
+    # the same numbers as an evaluation compiled on the spot, by a fresh jit
+    fresh = jax.jit(trainer._evaluate.__wrapped__)(state["params"], state["rest"])
+    assert float(fresh["test_accuracy"]) == trainer.evaluate(state)["test_accuracy"]
+    assert 0 <= first["test_accuracy"] <= 1

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -360,6 +361,7 @@ class Trainer:
                                  compiler_options=self.compiler_options)
         self._eval_params = jax.jit(eval_params)
         self._learning_rate = jax.jit(schedule)
+        self._eval_ahead: threading.Thread | None = None
 
     def compiler_options_for(self, num_steps: int) -> dict | None:
         """XLA compiler options for a run of ``num_steps`` steps of this model."""
@@ -374,6 +376,8 @@ class Trainer:
                   ) -> tuple[State, jax.Array]:
         """Runs ``num_steps`` steps from ``first_step``; returns the state and losses."""
         group = math.gcd(self.group, num_steps)  # a short last chunk may need smaller groups
+        if self._eval_ahead is None:
+            self._eval_ahead = self._compile_evaluation_ahead(state)
         losses = []
         for start in range(first_step, first_step + num_steps, group):
             state, part = self._run_group(state, jnp.int32(start), self.epoch_order(start),
@@ -388,9 +392,28 @@ class Trainer:
             self._epoch_order = (epoch, self._permutation(jnp.int32(epoch)))
         return self._epoch_order[1]
 
+    def _compile_evaluation_ahead(self, state: State) -> threading.Thread:
+        """Compiles the evaluation in a thread, while the first group of steps compiles
+        on this one: XLA's compiler leaves part of the cores idle, and the evaluation's
+        program would otherwise be compiled at the first evaluation, with the steps
+        waiting. The compiled program lands in JAX's cache, where `evaluate` finds it;
+        any failure is left for `evaluate` to raise."""
+        def compile_evaluation():
+            try:
+                params = self._eval_params(state["opt_state"], state["params"])
+                self._evaluate.lower(params, state["rest"]).compile()
+            except Exception:  # noqa: BLE001, S110 - evaluate() raises it, in its place
+                pass
+
+        thread = threading.Thread(target=compile_evaluation, name="clr-jax-compile-eval")
+        thread.start()
+        return thread
+
     def evaluate(self, state: State) -> dict[str, float]:
         """Test loss and accuracy of ``state`` (at a schedule-free optimizer's averaged
         point, `clr_jax.harness.optim.eval_params`)."""
+        if self._eval_ahead is not None:
+            self._eval_ahead.join()  # one compilation of the evaluation, not two
         params = self._eval_params(state["opt_state"], state["params"])
         return {k: float(x) for k, x in self._evaluate(params, state["rest"]).items()}
 
