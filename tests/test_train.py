@@ -225,15 +225,23 @@ def test_schedule_free_is_evaluated_at_its_averaged_point():
         is state["params"]
 
 
-def test_the_evaluation_compiles_once_beside_the_first_steps(caplog):
-    """The evaluation's program is compiled in a thread while the first steps compile,
-    and `evaluate` uses that program: one compilation of it in all (a second would mean
-    the thread compiled for arguments the real call does not pass)."""
+@pytest.mark.parametrize("model", ["mlp", "resnet8"])
+def test_steps_and_evaluation_compile_once_ahead(caplog, model):
+    """The training steps are compiled in a thread from the model's shapes while the
+    parameters are initialised, the evaluation in a thread while the first steps run:
+    `run_steps` and `evaluate` use those programs, one compilation of each in all (a
+    second would mean a thread compiled for arguments the real call does not pass).
+    The trained parameters equal those of steps compiled on the spot, bit for bit."""
     import logging
 
-    config = TrainConfig(model="mlp", num_steps=8, eval_every=4, log_every=4, batch_size=16,
+    config = TrainConfig(model=model, num_steps=8, eval_every=4, log_every=4, batch_size=16,
                          eval_batch_size=10, schedule=[{"policy": "fixed", "base_lr": 0.01}])
-    trainer = Trainer(config, tiny_dataset())
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            trainer = Trainer(config, tiny_dataset())
+    finally:
+        jax.config.update("jax_log_compiles", False)
     jax.config.update("jax_log_compiles", True)
     try:
         with caplog.at_level(logging.WARNING, logger="jax"):
@@ -243,10 +251,20 @@ def test_the_evaluation_compiles_once_beside_the_first_steps(caplog):
             trainer.evaluate(state)
     finally:
         jax.config.update("jax_log_compiles", False)
-    compiled = [r.getMessage() for r in caplog.records
-                if r.getMessage().startswith("Compiling jit(evaluate)")]
-    assert len(compiled) == 1, compiled
+    def compiled(name):
+        return [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith(f"Compiling jit({name})")]
+
+    assert len(compiled("evaluate")) == 1, compiled("evaluate")
+    assert len(compiled("train_group")) == 1, compiled("train_group")
     assert trainer._eval_ahead is not None and not trainer._eval_ahead.is_alive()
+    group = jax.jit(trainer._run_group.__wrapped__, static_argnames="group",
+                    compiler_options=trainer.compiler_options)
+    again = trainer.initial_state
+    for start in range(0, 8, trainer.group):
+        again, _ = group(again, jnp.int32(start), trainer.epoch_order(start), trainer.group)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), again["params"],
+                                     state["params"]))
     # the same numbers as an evaluation compiled on the spot, by a fresh jit
     fresh = jax.jit(trainer._evaluate.__wrapped__)(state["params"], state["rest"])
     assert float(fresh["test_accuracy"]) == trainer.evaluate(state)["test_accuracy"]

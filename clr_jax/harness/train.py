@@ -270,9 +270,14 @@ class ModelParts:
 
     @classmethod
     def build(cls, config: TrainConfig, num_classes: int, image_shape: tuple[int, ...],
-              seed: int) -> ModelParts:
-        model = build_model(config.model, num_classes, image_shape, seed,
-                            kernels=config.kernels)
+              seed: int, *, abstract: bool = False) -> ModelParts:
+        """The parts of the configured model; with ``abstract``, its parameters and state
+        as shapes and dtypes only (``jax.ShapeDtypeStruct``), with nothing computed."""
+        def make():
+            return build_model(config.model, num_classes, image_shape, seed,
+                               kernels=config.kernels)
+
+        model = nnx.eval_shape(make) if abstract else make()
         model.train()
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         model.eval()
@@ -332,10 +337,13 @@ class Trainer:
             schedule = staged(config.schedule)
         self.config, self.schedule = config, schedule
         image_shape = dataset.train_images.shape[1:]
-        self.parts = ModelParts.build(config, dataset.num_classes, image_shape, config.seed)
-        self.loss = make_loss(self.parts.graphdef)
-        self.tx = self.parts.optimizer(config, schedule)
-        self.convolutional = self.parts.is_convolutional(config.batch_size, image_shape)
+        # The model's shapes first: the training steps compile from them (in a thread)
+        # while the parameters are initialised, which compiles programs of its own.
+        shapes = ModelParts.build(config, dataset.num_classes, image_shape, config.seed,
+                                  abstract=True)
+        self.loss = make_loss(shapes.graphdef)
+        self.tx = shapes.optimizer(config, schedule)
+        self.convolutional = shapes.is_convolutional(config.batch_size, image_shape)
 
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
                                   axis_types=(jax.sharding.AxisType.Auto,))
@@ -343,25 +351,28 @@ class Trainer:
                                eval_batch_size=config.eval_batch_size,
                                preprocess=config.preprocess, augment=config.augment,
                                shuffle=config.shuffle)
-        self.initial_state = self.place({"params": self.parts.params, "rest": self.parts.rest,
-                                         "opt_state": self.tx.init(self.parts.params)})
         self.chunk = config.chunk
         self.group, unroll = _backend.group_size(self.chunk, self.convolutional)
         self.compiler_options = self.compiler_options_for(config.num_steps)
         # No buffer donation: an interrupt between groups must still find the state
         # of the last finished chunk intact, to checkpoint it.
-        self._run_group = jax.jit(
-            lambda state, first_step, permutation, group: train_steps(
-                self.loss, self.data, self.tx, state, first_step, group, seed=config.seed,
-                unroll=unroll, permutation=permutation),
-            static_argnames="group", compiler_options=self.compiler_options)
+        def train_group(state, first_step, permutation, group):
+            return train_steps(self.loss, self.data, self.tx, state, first_step, group,
+                               seed=config.seed, unroll=unroll, permutation=permutation)
+
+        self._run_group = jax.jit(train_group, static_argnames="group",
+                                  compiler_options=self.compiler_options)
         self._permutation = jax.jit(lambda epoch: self.data.permutation(epoch, config.seed))
         self._epoch_order: tuple[int, jax.Array] | None = None
-        self._evaluate = jax.jit(make_eval_step(self.parts.eval_graphdef, self.data),
+        self._evaluate = jax.jit(make_eval_step(shapes.eval_graphdef, self.data),
                                  compiler_options=self.compiler_options)
         self._eval_params = jax.jit(eval_params)
         self._learning_rate = jax.jit(schedule)
         self._eval_ahead: threading.Thread | None = None
+        self._steps_ahead = self._compile_steps_ahead(shapes)
+        self.parts = ModelParts.build(config, dataset.num_classes, image_shape, config.seed)
+        self.initial_state = self.place({"params": self.parts.params, "rest": self.parts.rest,
+                                         "opt_state": self.tx.init(self.parts.params)})
 
     def compiler_options_for(self, num_steps: int) -> dict | None:
         """XLA compiler options for a run of ``num_steps`` steps of this model."""
@@ -376,6 +387,9 @@ class Trainer:
                   ) -> tuple[State, jax.Array]:
         """Runs ``num_steps`` steps from ``first_step``; returns the state and losses."""
         group = math.gcd(self.group, num_steps)  # a short last chunk may need smaller groups
+        if self._steps_ahead is not None:
+            self._steps_ahead.join()  # one compilation of the steps, not two
+            self._steps_ahead = None
         if self._eval_ahead is None:
             self._eval_ahead = self._compile_evaluation_ahead(state)
         losses = []
@@ -391,6 +405,28 @@ class Trainer:
         if self._epoch_order is None or self._epoch_order[0] != epoch:
             self._epoch_order = (epoch, self._permutation(jnp.int32(epoch)))
         return self._epoch_order[1]
+
+    def _compile_steps_ahead(self, shapes: ModelParts) -> threading.Thread:
+        """Compiles a group of training steps in a thread, from the model's shapes, while
+        this one initialises the parameters; the program lands in JAX's cache, where
+        `run_steps` finds it. Any failure is left for `run_steps` to raise."""
+        def like(tree):
+            return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                x.shape, x.dtype, sharding=self.data.replicated, weak_type=x.weak_type), tree)
+
+        state = like({"params": shapes.params, "rest": shapes.rest,
+                      "opt_state": jax.eval_shape(self.tx.init, shapes.params)})
+
+        def compile_steps():
+            try:
+                self._run_group.lower(state, jnp.int32(0), self.epoch_order(0),
+                                      self.group).compile()
+            except Exception:  # noqa: BLE001, S110 - run_steps() raises it, in its place
+                pass
+
+        thread = threading.Thread(target=compile_steps, name="clr-jax-compile-steps")
+        thread.start()
+        return thread
 
     def _compile_evaluation_ahead(self, state: State) -> threading.Thread:
         """Compiles the evaluation in a thread, while the first group of steps compiles
