@@ -387,11 +387,11 @@ class Trainer:
                   ) -> tuple[State, jax.Array]:
         """Runs ``num_steps`` steps from ``first_step``; returns the state and losses."""
         group = math.gcd(self.group, num_steps)  # a short last chunk may need smaller groups
+        if self._eval_ahead is None:  # beside the steps' compilation, if still running
+            self._eval_ahead = self._compile_evaluation_ahead(state)
         if self._steps_ahead is not None:
             self._steps_ahead.join()  # one compilation of the steps, not two
             self._steps_ahead = None
-        if self._eval_ahead is None:
-            self._eval_ahead = self._compile_evaluation_ahead(state)
         losses = []
         for start in range(first_step, first_step + num_steps, group):
             state, part = self._run_group(state, jnp.int32(start), self.epoch_order(start),
@@ -429,11 +429,11 @@ class Trainer:
         return thread
 
     def _compile_evaluation_ahead(self, state: State) -> threading.Thread:
-        """Compiles the evaluation in a thread, while the first group of steps compiles
-        on this one: XLA's compiler leaves part of the cores idle, and the evaluation's
-        program would otherwise be compiled at the first evaluation, with the steps
-        waiting. The compiled program lands in JAX's cache, where `evaluate` finds it;
-        any failure is left for `evaluate` to raise."""
+        """Compiles the evaluation in a thread, beside the steps' compilation (the
+        thread `_compile_steps_ahead` started): XLA's compiler leaves part of the cores
+        idle, and the evaluation's program would otherwise be compiled at the first
+        evaluation, with the steps waiting. The compiled program lands in JAX's cache,
+        where `evaluate` finds it; any failure is left for `evaluate` to raise."""
         def compile_evaluation():
             try:
                 params = self._eval_params(state["opt_state"], state["params"])
