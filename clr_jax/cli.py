@@ -181,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"clr-jax: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # while the harness is imported, before a command runs
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        say("clr-jax: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _run(args) -> int:
