@@ -277,13 +277,11 @@ def _check_params(params) -> None:
             continue
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
-            where = jax.tree_util.keystr(path) or "params"
+            what = f"of dtype {dtype}" if dtype is not None else type(leaf).__name__
             raise ValueError(
-                f"params{where if where != 'params' else ''} is "
-                f"{'of dtype ' + str(dtype) if dtype is not None else type(leaf).__name__}; "
-                "the range test trains every leaf of params, so each must be a floating-point "
-                "array. Keep integer or fixed state out of params (in model_state, or closed "
-                "over by loss_fn).")
+                f"params{jax.tree_util.keystr(path)} is {what}; the range test trains every "
+                "leaf of params, so each must be a floating-point array. Keep integer or "
+                "fixed state out of params (in model_state, or closed over by loss_fn).")
 
 
 class _Model(NamedTuple):
@@ -317,6 +315,8 @@ def _as_model(loss_fn, params, model_state, eval_fn, eval_mode, seed) -> _Model:
     - ``model_state`` given: ``loss_fn(params, model_state, batch) -> (loss,
       new_model_state)`` and ``eval_fn(params, model_state)``;
     - else ``loss_fn(params, batch)`` and ``eval_fn(params)``.
+
+    Every trained leaf is checked to be floating point (`_check_params`).
     """
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable, got {loss_fn!r}.")
@@ -340,11 +340,13 @@ def _as_model(loss_fn, params, model_state, eval_fn, eval_mode, seed) -> _Model:
                 if mode == "batch_stats":
                     model.set_attributes(use_running_average=False, raise_if_not_found=False)
                 return eval_fn(model)
+        _check_params(trained)
         return _Model(_Loss(loss_fn, "module", takes_key, graphdef), trained, rest, evaluate,
                       mode if eval_fn is not None else None)
     if eval_mode is not None:
         raise ValueError(f"eval_mode={eval_mode!r} is for an NNX module given as params; "
                          "with a loss of arrays, eval_fn decides how it evaluates.")
+    _check_params(params)
     if model_state is not None:
         evaluate = None if eval_fn is None else (lambda p, s: eval_fn(p, s))
         return _Model(_Loss(loss_fn, "state", takes_key), params, model_state, evaluate, None)
@@ -712,7 +714,6 @@ def range_test(
     v.check("smoothing", smoothing, lambda b: (b >= 0) & (b < 1), "in [0, 1)")
     v.check("diverge_threshold", diverge_threshold, lambda d: d > 1, "> 1")
     model = _as_model(loss_fn, params, model_state, eval_fn, eval_mode, seed)
-    _check_params(model.params)
 
     _check_optimizer(optimizer)
     tx = optimizer(ramp(float(min_lr), float(max_lr), num_steps, mode))
@@ -897,7 +898,6 @@ def parallel_range_test(
 
     starts = [initial(seed) for seed in seeds]
     model = starts[0][0]
-    _check_params(model.params)
     if len({str(jax.tree.structure((m.params, m.model_state))) for m, _ in starts}) > 1:
         raise ValueError("init_fn must give every seed parameters of the same structure.")
     first_batch = jax.tree.map(lambda x: x[0], batches)

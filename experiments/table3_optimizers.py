@@ -207,7 +207,7 @@ def report(args) -> dict:
             f"{cell(fixed, 'final_test_accuracy', row['paper']['fixed_70k'])} | "
             f"{cell(tri, 'at_25k', row['paper']['triangular_25k'])} | "
             f"{cell(long_tri, 'final_test_accuracy', row['paper']['triangular_70k'])} | "
-            f"{ends(tri[:1])} |")
+            f"{ends(tri)} |")
     lines += ["", "The last column reads the triangular runs where a cycle ends (the rate at its "
               "lower bound), where the paper says to stop; 25,000 and 70,000 iterations fall "
               f"part-way up a cycle of {2 * s(2000):,}."]
