@@ -10,6 +10,8 @@ what was wrong, and `main` prints it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -173,18 +175,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv and argv[0] in _HARNESS_COMMANDS and _harness() is None:
-            raise UsageError(HARNESS_MISSING)  # before its flags are parsed
-        args = build_parser().parse_args(argv)
+        with _ctrl_c_deferred() as received:
+            if argv and argv[0] in _HARNESS_COMMANDS and _harness() is None:
+                raise UsageError(HARNESS_MISSING)  # before its flags are parsed
+            args = build_parser().parse_args(argv)
+        if received:
+            raise KeyboardInterrupt
         with quiet_libraries(getattr(args, "verbose", False)):
             return _run(args)
     except UsageError as error:
         print(f"clr-jax: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # while the harness is imported, before a command runs
+    except KeyboardInterrupt:  # while the harness was imported, before a command ran
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         say("clr-jax: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """While JAX and the harness are imported, a Ctrl-C is only noted (``main`` stops
+    once the imports are done, within ~2 s): raised inside an import, it would crash
+    jaxlib's extension while it initialises, or surface as an ImportError and library
+    tracebacks. Leaves an ignored or custom SIGINT handler alone."""
+    received: list[int] = []
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield received
+        return
+
+    def note(signum, frame):
+        received.append(signum)
+
+    try:
+        signal.signal(signal.SIGINT, note)
+    except ValueError:  # not the main thread
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        if signal.getsignal(signal.SIGINT) is note:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _run(args) -> int:
@@ -231,8 +262,63 @@ def _run(args) -> int:
         raise
 
 
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+
+def huge_pages_environment(argv: Sequence[str], environ: dict[str, str]
+                           ) -> dict[str, str] | None:
+    """The environment in which to run a training command again with glibc's
+    transparent-huge-page tunable, or None to run it as it is.
+
+    XLA's CPU runtime allocates each call's temporary buffers afresh (about 110 MB for
+    the Caffe net's group of 10 steps), and glibc maps such blocks anew each time: some
+    28,000 page faults per call. With ``glibc.malloc.hugetlb=1`` glibc asks the kernel
+    for 2 MB pages for them (where the kernel's transparent huge pages are "madvise" or
+    "always") and the faults drop to a few hundred; benchmarks/vs_pytorch.py measures
+    the whole job with and without it. A tunable is read when the process starts, so
+    `main_entry` runs the command again with it: only the harness's commands, on Linux
+    with glibc 2.35 or later, and not when the user set the tunable already or set
+    ``CLR_JAX_HUGE_PAGES=0``.
+    """
+    if environ.get("CLR_JAX_HUGE_PAGES", "1") == "0":
+        return None
+    if not argv or argv[0] not in _HARNESS_COMMANDS or {"-h", "--help"} & set(argv):
+        return None
+    if not (_glibc_at_least(2, 35) and _transparent_huge_pages() in ("always", "madvise")):
+        return None
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if HUGE_PAGES.split("=")[0] in tunables:
+        return None
+    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, (tunables, HUGE_PAGES)))}
+
+
+def _transparent_huge_pages() -> str | None:
+    """The kernel's transparent-huge-page mode (always, madvise, never), None if unknown."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as modes:
+            return modes.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _glibc_at_least(major: int, minor: int) -> bool:
+    if sys.platform != "linux":
+        return False
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        return name == "glibc" and tuple(map(int, version.split(".")[:2])) >= (major, minor)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def main_entry() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also ``python -m clr_jax``)."""
+    environment = huge_pages_environment(sys.argv[1:], dict(os.environ))
+    if environment is not None and sys.executable:
+        try:  # the same command line, the same interpreter options
+            os.execve(sys.executable, sys.orig_argv, environment)
+        except OSError:
+            pass  # run as it is
     code = main()
     if "--verbose" not in sys.argv:
         # what Orbax's abandoned coroutines would report as the interpreter exits
