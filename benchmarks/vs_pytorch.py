@@ -13,13 +13,6 @@ decay 0.004, test accuracy at the end.
 - PyTorch 2.13 (CPU): benchmarks/pytorch_caffe_cifar10.py, PyTorch's own SGD and
   CyclicLR, reading the same decoded arrays from an .npz.
 
-The command line runs its training under glibc's transparent-huge-page tunable
-(`clr_jax.cli.huge_pages_environment`), which PyTorch could use too. So that the
-comparison does not rest on it, two more sides run at 1,000 iterations unless
---no-huge-pages-sides: clr_jax's first run without it (``CLR_JAX_HUGE_PAGES=0``) and
-PyTorch with it (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``); each clr_jax side is
-compared with both PyTorch sides.
-
 The sides alternate, --rounds times per length (one round fewer, at least two, above
 1,000 iterations). Reported: whole-process wall time
 (medians and ranges), steady-state images/s (clr_jax: from the wall times that
@@ -117,9 +110,6 @@ def main():
     parser.add_argument("--second-runs", default="1000",
                         help="lengths at which clr_jax also runs a second time with the "
                         "compilation cache its first run left")
-    parser.add_argument("--no-huge-pages-sides", action="store_true",
-                        help="skip the sides with the huge-page tunable switched (off for "
-                        "clr_jax, on for PyTorch)")
     parser.add_argument("--split-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.split_child:
@@ -129,7 +119,6 @@ def main():
     import numpy as np
 
     from _report import machine, update_section, write_result
-    from clr_jax.cli import HUGE_PAGES, huge_pages_environment
     from clr_jax.harness.data import load_dataset
 
     work = Path(tempfile.mkdtemp(prefix="vs-pytorch-"))
@@ -142,35 +131,25 @@ def main():
         sides = ["clr_jax_first_run", "pytorch"]
         if str(steps) in args.second_runs.split(","):
             sides.append("clr_jax_second_run")
-        if steps <= 1000 and not args.no_huge_pages_sides:
-            sides += ["clr_jax_first_run_no_huge_pages", "pytorch_huge_pages"]
         runs = {side: [] for side in sides}
         for round_ in range(args.rounds if steps <= 1000 else max(2, args.rounds - 1)):
             cache = work / f"cache-{steps}-{round_}"
             env = {**os.environ, "CLR_JAX_COMPILATION_CACHE": str(cache)}
             for side in sides:
-                if side.startswith("pytorch"):
-                    torch_env = dict(os.environ)
-                    if side == "pytorch_huge_pages":
-                        torch_env["GLIBC_TUNABLES"] = HUGE_PAGES
+                if side == "pytorch":
                     seconds, out = timed([sys.executable, str(HERE / "pytorch_caffe_cifar10.py"),
-                                          str(npz), "--steps", str(steps)], torch_env)
+                                          str(npz), "--steps", str(steps)], dict(os.environ))
                     report = json.loads(out.strip().splitlines()[-1])
                     steady = report["steady_images_per_second"]
                 else:
                     folder = work / f"run-{steps}-{round_}-{side}"
-                    side_env = env
-                    if side.endswith("no_huge_pages"):  # an empty cache, like the first run
-                        side_env = {**env, "CLR_JAX_HUGE_PAGES": "0",
-                                    "CLR_JAX_COMPILATION_CACHE": str(cache) + "-no-huge-pages"}
-                    seconds, _ = timed(clr_jax_command(steps, folder), side_env)
+                    seconds, _ = timed(clr_jax_command(steps, folder), env)
                     summary = json.loads((folder / "summary.json").read_text())
                     report = {"test_accuracy": summary["final_test_accuracy"]}
                     steady = steady_from_metrics(folder, steps)
                 runs[side].append({"wall_seconds": seconds,
                                    "steady_images_per_second": steady, **report})
             shutil.rmtree(cache, ignore_errors=True)
-            shutil.rmtree(str(cache) + "-no-huge-pages", ignore_errors=True)
         med = lambda side, key: statistics.median(r[key] for r in runs[side])  # noqa: E731
         lengths = {}
         for side in runs:
@@ -179,21 +158,17 @@ def main():
                              "wall_seconds_range": [min(walls), max(walls)],
                              "steady_images_per_second_median":
                                  med(side, "steady_images_per_second")}
-        for side in (s for s in sides if not s.startswith("pytorch")):
-            for torch_side in (s for s in sides if s.startswith("pytorch")):
-                suffix = torch_side[len("pytorch"):]
-                lengths[side][f"speed_vs_pytorch{suffix}_whole_job"] = (
-                    lengths[torch_side]["wall_seconds_median"]
-                    / lengths[side]["wall_seconds_median"])
-                lengths[side][f"speed_vs_pytorch{suffix}_steady"] = (
-                    lengths[side]["steady_images_per_second_median"]
-                    / lengths[torch_side]["steady_images_per_second_median"])
+        for side in (s for s in sides if s != "pytorch"):
+            lengths[side]["speed_vs_pytorch_whole_job"] = (
+                lengths["pytorch"]["wall_seconds_median"] / lengths[side]["wall_seconds_median"])
+            lengths[side]["speed_vs_pytorch_steady"] = (
+                lengths[side]["steady_images_per_second_median"]
+                / lengths["pytorch"]["steady_images_per_second_median"])
         results[steps] = {"runs": runs, "summary": lengths}
 
     split = []
     for _ in range(args.rounds):
         env = {**os.environ, "CLR_JAX_COMPILATION_CACHE": "off"}
-        env = huge_pages_environment(["train"], env) or env  # as the command line runs
         _, out = timed([sys.executable, __file__, "--split-child", "1000"], env)
         split.append(json.loads(out.strip().splitlines()[-1]))
     split_median = {k: statistics.median(r[k] for r in split) for k in split[0]}
@@ -216,22 +191,17 @@ def main():
           "1,000 iterations); the PyTorch side is "
           "benchmarks/pytorch_caffe_cifar10.py (PyTorch's own SGD and CyclicLR). Speed is "
           "PyTorch's wall time (or images/s) over clr_jax's: above 1 is faster.", "",
-          "The command line runs under glibc's huge-page tunable; 'no huge pages' is "
-          "clr_jax without it, 'pytorch huge pages' PyTorch with it; the last two columns "
-          "compare with PyTorch under the tunable.", "",
           "| iterations | side | whole process, s (median, range) | speed vs PyTorch | "
-          "steady images/s | steady speed vs PyTorch | speed vs PyTorch with huge pages | "
-          "steady speed vs PyTorch with huge pages |", "|---|---|---|---|---|---|---|---|"]
-    ratio = lambda row, key: "" if key not in row else f"{row[key]:.2f}x"  # noqa: E731
+          "steady images/s | steady speed vs PyTorch |", "|---|---|---|---|---|---|"]
     for steps, entry in results.items():
         for side, row in entry["summary"].items():
             lo, hi = row["wall_seconds_range"]
+            speed = row.get("speed_vs_pytorch_whole_job")
+            steady = row.get("speed_vs_pytorch_steady")
             md.append(f"| {steps} | {side.replace('_', ' ')} | {row['wall_seconds_median']:.1f} "
-                      f"({lo:.1f}-{hi:.1f}) | {ratio(row, 'speed_vs_pytorch_whole_job')} | "
+                      f"({lo:.1f}-{hi:.1f}) | {'' if speed is None else f'{speed:.2f}x'} | "
                       f"{row['steady_images_per_second_median']:.0f} | "
-                      f"{ratio(row, 'speed_vs_pytorch_steady')} | "
-                      f"{ratio(row, 'speed_vs_pytorch_huge_pages_whole_job')} | "
-                      f"{ratio(row, 'speed_vs_pytorch_huge_pages_steady')} |")
+                      f"{'' if steady is None else f'{steady:.2f}x'} |")
     md += ["", "Fixed cost of a first run (clr_jax: an instrumented process doing what "
            "`clr-jax train` does, no compilation cache; PyTorch: its own clock), seconds:", "",
            "| phase | clr_jax | PyTorch |", "|---|---|---|",

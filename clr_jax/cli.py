@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -262,63 +261,8 @@ def _run(args) -> int:
         raise
 
 
-HUGE_PAGES = "glibc.malloc.hugetlb=1"
-
-
-def huge_pages_environment(argv: Sequence[str], environ: dict[str, str]
-                           ) -> dict[str, str] | None:
-    """The environment in which to run a training command again with glibc's
-    transparent-huge-page tunable, or None to run it as it is.
-
-    XLA's CPU runtime allocates each call's temporary buffers afresh (about 110 MB for
-    the Caffe net's group of 10 steps), and glibc maps such blocks anew each time: some
-    28,000 page faults per call. With ``glibc.malloc.hugetlb=1`` glibc asks the kernel
-    for 2 MB pages for them (where the kernel's transparent huge pages are "madvise" or
-    "always") and the faults drop to a few hundred; benchmarks/vs_pytorch.py measures
-    the whole job with and without it. A tunable is read when the process starts, so
-    `main_entry` runs the command again with it: only the harness's commands, on Linux
-    with glibc 2.35 or later, and not when the user set the tunable already or set
-    ``CLR_JAX_HUGE_PAGES=0``.
-    """
-    if environ.get("CLR_JAX_HUGE_PAGES", "1") == "0":
-        return None
-    if not argv or argv[0] not in _HARNESS_COMMANDS or {"-h", "--help"} & set(argv):
-        return None
-    if not (_glibc_at_least(2, 35) and _transparent_huge_pages() in ("always", "madvise")):
-        return None
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if HUGE_PAGES.split("=")[0] in tunables:
-        return None
-    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, (tunables, HUGE_PAGES)))}
-
-
-def _transparent_huge_pages() -> str | None:
-    """The kernel's transparent-huge-page mode (always, madvise, never), None if unknown."""
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as modes:
-            return modes.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _glibc_at_least(major: int, minor: int) -> bool:
-    if sys.platform != "linux":
-        return False
-    try:
-        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
-        return name == "glibc" and tuple(map(int, version.split(".")[:2])) >= (major, minor)
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
 def main_entry() -> None:
     """Console-script entry point (also ``python -m clr_jax``)."""
-    environment = huge_pages_environment(sys.argv[1:], dict(os.environ))
-    if environment is not None and sys.executable:
-        try:  # the same command line, the same interpreter options
-            os.execve(sys.executable, sys.orig_argv, environment)
-        except OSError:
-            pass  # run as it is
     code = main()
     if "--verbose" not in sys.argv:
         # what Orbax's abandoned coroutines would report as the interpreter exits

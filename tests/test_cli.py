@@ -334,9 +334,8 @@ def test_a_second_run_reuses_the_compiled_programs(tmp_path):
 
 
 class TestStartUp:
-    """What the command line does before a command runs: it imports light, runs the
-    harness's commands again under glibc's huge-page tunable, and a Ctrl-C during the
-    heavy imports is one line."""
+    """What the command line does before a command runs: it imports light, and a Ctrl-C
+    during the heavy imports is one line."""
 
     def test_the_command_line_imports_without_jax(self):
         probe = "import sys, clr_jax.cli; print('jax' in sys.modules, 'optax' in sys.modules)"
@@ -356,71 +355,19 @@ class TestStartUp:
                              check=True)
         assert out.stdout.split() == ["True", "True", "True"]
 
-    @pytest.fixture
-    def linux_with_huge_pages(self, monkeypatch):
-        monkeypatch.setattr(cli, "_glibc_at_least", lambda major, minor: True)
-        monkeypatch.setattr(cli, "_transparent_huge_pages", lambda: "madvise")
-
-    def test_huge_pages_only_for_training_commands(self, linux_with_huge_pages, monkeypatch):
-        env = cli.huge_pages_environment(["train", "--steps", "5"], {"A": "1"})
-        assert env == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-        kept = cli.huge_pages_environment(["sweep"], {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
-        assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-        for argv, environ in [(["schedule", "--policy", "triangular"], {}),
-                              (["train", "--help"], {}), ([], {}),
-                              (["train"], {"CLR_JAX_HUGE_PAGES": "0"}),
-                              (["train"], {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})]:
-            assert cli.huge_pages_environment(argv, environ) is None, (argv, environ)
-        monkeypatch.setattr(cli, "_transparent_huge_pages", lambda: "never")
-        assert cli.huge_pages_environment(["train"], {}) is None
-        monkeypatch.setattr(cli, "_transparent_huge_pages", lambda: None)
-        assert cli.huge_pages_environment(["train"], {}) is None
-
-    def test_main_entry_runs_the_same_command_line_again(self, linux_with_huge_pages,
-                                                         monkeypatch):
-        calls = []
-
-        def execve(path, argv, env):
-            calls.append((path, argv, env))
-            raise OSError("not here")  # then it runs as it is
-
-        monkeypatch.setattr(os, "execve", execve)
-        monkeypatch.setattr(sys, "argv", ["clr-jax", "schedule", "--policy", "triangular",
-                                          "--base-lr", "0.001", "--max-lr", "0.006",
-                                          "--step-size", "10", "--steps", "0"])
-        with pytest.raises(SystemExit) as stop:
-            cli.main_entry()
-        assert stop.value.code == 0 and not calls  # schedule: not again
-        monkeypatch.setattr(sys, "argv", ["clr-jax", "train", "--dataset", "nowhere"])
-        with pytest.raises(SystemExit) as stop:
-            cli.main_entry()
-        assert stop.value.code == 2  # the execve failed: the command ran as it was
-        (path, argv, env), = calls
-        assert path == sys.executable and argv == sys.orig_argv
-        assert env["GLIBC_TUNABLES"].endswith("glibc.malloc.hugetlb=1")
-
-    @pytest.mark.skipif(cli.huge_pages_environment(["train"], {}) is None,
-                        reason="no glibc >= 2.35 with transparent huge pages here")
-    def test_a_training_process_runs_with_the_tunable_and_ctrl_c_in_its_imports(
-            self, tmp_path):
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("GLIBC_TUNABLES", "CLR_JAX_HUGE_PAGES")}
+    @pytest.mark.parametrize("delay", [0.5, 1.0])
+    def test_ctrl_c_while_jax_is_imported_is_one_line(self, tmp_path, delay):
+        # Past the interpreter's own start-up (where any Python program prints a
+        # traceback on Ctrl-C), while JAX and the harness are imported (~2 s): the
+        # interrupt waits for the imports (one cut short can crash jaxlib's extension).
         process = subprocess.Popen(
             [sys.executable, "-m", "clr_jax", "train", "--dataset", "sample", "--policy",
              "triangular", "--base-lr", "0.001", "--max-lr", "0.006", "--step-size", "20",
              "--steps", "40", "--out", str(tmp_path / "run")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        environ, waited = b"", 0.0
-        while b"glibc.malloc.hugetlb=1" not in environ and waited < 10:
-            time.sleep(0.02)
-            waited += 0.02
-            with open(f"/proc/{process.pid}/environ", "rb") as file:
-                environ = file.read()
-        assert b"glibc.malloc.hugetlb=1" in environ  # the same process, run again
-        # Past the interpreter's own start-up (where any Python program prints a
-        # traceback on Ctrl-C), while JAX and the harness are being imported (~2 s):
-        time.sleep(0.4)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=120)
         assert process.returncode == 130, err
-        assert err.strip() == "clr-jax: interrupted" and "Traceback" not in err
+        assert err.strip().startswith("clr-jax: interrupted"), err
+        assert len(err.strip().splitlines()) == 1, err
