@@ -2,8 +2,8 @@
 
 Every public name is re-exported here; each has one import path. The names are loaded
 on first use (PEP 562), all together, so that ``import clr_jax.cli`` stays light: the
-command line starts without importing JAX, which lets it set the process up first and
-turn a Ctrl-C during the imports into one line (`clr_jax.cli`).
+command line starts without importing JAX, so a Ctrl-C during the imports is its own
+to handle (one line, `clr_jax.cli`).
 """
 
 from __future__ import annotations
