@@ -1,10 +1,14 @@
 """How compiled training loops are shaped on each backend; shared by the range tests,
 the training harness and sweeps.
 
-XLA's CPU backend runs convolution gradients inside a while loop (what an un-unrolled
-``lax.scan`` becomes) about 15x slower than outside one, while for matrix-multiply
-models the loop is as fast and unrolling only costs compile time; and it runs vmapped
-(grouped) convolutions slower than separate ones (both measured,
+XLA's CPU backend runs the convolutions that autodiff writes for a convolution's
+gradient (its kernel gradient, in a transposed layout) about 15x slower inside a while
+loop (what an un-unrolled ``lax.scan`` becomes) than outside one; convolutions in the
+NHWC x HWIO -> NHWC layout with unit strides run as fast in a loop as out of it. A
+gradient holding only those (`clr_jax.harness.kernels.conv_nhwc` writes its gradients
+so) runs in a loop, and so do models without convolutions; the rest are unrolled, which
+costs compile time (benchmarks/RESULTS.md, "Rolled loops"). XLA's CPU backend also runs
+vmapped (grouped) convolutions slower than separate ones (measured,
 benchmarks/RESULTS.md). On GPU and TPU neither holds.
 """
 
@@ -62,20 +66,41 @@ def has_convolution(jaxpr) -> bool:
     return False
 
 
-def uses_convolution(fn: Callable, *args) -> bool:
-    """Whether ``jax.grad`` of ``fn`` at these arguments contains a convolution."""
-    return has_convolution(jax.make_jaxpr(jax.grad(fn))(*args))
+# NHWC x HWIO -> NHWC, as ConvDimensionNumbers (lhs, rhs, out) specs
+_NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
-def group_size(chunk: int, convolutional: bool) -> tuple[int, bool]:
+def _loop_friendly(params) -> bool:
+    return (tuple(params["dimension_numbers"]) == _NHWC
+            and all(s == 1 for s in params["window_strides"])
+            and all(d == 1 for d in params["lhs_dilation"] + params["rhs_dilation"])
+            and params["feature_group_count"] == 1 and params["batch_group_count"] == 1)
+
+
+def slow_in_loops(jaxpr) -> bool:
+    """Whether a (closed) jaxpr, or one nested in it, holds a convolution that XLA's CPU
+    backend runs slowly inside a while loop: any but an NHWC x HWIO -> NHWC one with unit
+    strides, no dilation and one group. Pass it a gradient's jaxpr: autodiff's gradient
+    convolutions are in other layouts."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated" and not _loop_friendly(eqn.params):
+            return True
+        if any(slow_in_loops(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
+            return True
+    return False
+
+
+def group_size(chunk: int, unroll_on_cpu: bool) -> tuple[int, bool]:
     """(steps per compiled call, whether to unroll them) for a chunk of ``chunk`` steps.
 
-    On CPU, models with convolutions run their steps in fully unrolled groups of at
-    most `MAX_UNROLLED_STEPS` that divide the chunk, called back to back from Python
+    On CPU, steps whose gradient holds convolutions that run slowly in a loop
+    (`slow_in_loops`; ``unroll_on_cpu``) run in fully unrolled groups of at most
+    `MAX_UNROLLED_STEPS` that divide the chunk, called back to back from Python
     (dispatch is asynchronous, so the host still waits only at the end of a chunk);
     everything else runs a whole chunk in one ``lax.scan``.
     """
-    if not on_cpu() or not convolutional:
+    if not on_cpu() or not unroll_on_cpu:
         return chunk, False
     group = max(d for d in range(1, min(chunk, MAX_UNROLLED_STEPS) + 1) if chunk % d == 0)
     return group, True

@@ -519,8 +519,9 @@ class _Runner:
 
     def start(self, params, model_state, batches, offset, count, settings, chunk):
         """The first chunk, from the parameters, in one compiled loop: the carry and the
-        step outputs; or None when the program holds a convolution and runs on CPU,
-        where the steps must be unrolled instead (`clr_jax._backend.group_size`). The
+        step outputs; or None when the program holds a convolution that is slow inside
+        a loop and runs on CPU, where the steps must be unrolled instead
+        (`clr_jax._backend.group_size`, `clr_jax._backend.slow_in_loops`). The
         program is traced once per input shapes: its jaxpr answers that question too."""
         signature = jax.tree.map(lambda x: (np.shape(x), str(getattr(x, "dtype", type(x)))),
                                  (params, model_state, batches, settings))
@@ -529,8 +530,8 @@ class _Runner:
         if key not in self._programs:
             traced = self._start.trace(params, model_state, batches, offset, count, settings,
                                        chunk)
-            convolutional = _backend.on_cpu() and _backend.has_convolution(traced.jaxpr)
-            self._programs[key] = None if convolutional else traced.lower().compile()
+            unroll = _backend.on_cpu() and _backend.slow_in_loops(traced.jaxpr)
+            self._programs[key] = None if unroll else traced.lower().compile()
         program = self._programs[key]
         return None if program is None else program(params, model_state, batches, offset,
                                                     count, settings)
@@ -901,11 +902,13 @@ def parallel_range_test(
     if len({str(jax.tree.structure((m.params, m.model_state))) for m, _ in starts}) > 1:
         raise ValueError("init_fn must give every seed parameters of the same structure.")
     first_batch = jax.tree.map(lambda x: x[0], batches)
-    convolutional = _backend.uses_convolution(
-        lambda p, s: model.loss(p, s, first_batch, jax.random.key(0))[0], model.params,
-        model.model_state)
+    gradient = jax.make_jaxpr(jax.grad(
+        lambda p, s: model.loss(p, s, first_batch, jax.random.key(0))[0]))(
+        model.params, model.model_state)
+    convolutional = _backend.has_convolution(gradient)
+    slow_loop = _backend.on_cpu() and _backend.slow_in_loops(gradient)
     group, unroll = _backend.group_size(
-        _backend.MAX_UNROLLED_STEPS if convolutional else num_steps, convolutional)
+        _backend.MAX_UNROLLED_STEPS if slow_loop else num_steps, slow_loop)
     if eval_fn is not None:  # its structure, before it is vmapped
         try:
             shapes = jax.eval_shape(model.evaluate, model.params, model.model_state)

@@ -93,6 +93,51 @@ class TestFastKernels:
             got = kernels.conv_spectral(x, kernel, *args, dimension_numbers=numbers, **extra)
             np.testing.assert_array_equal(got, want)
 
+    @pytest.mark.parametrize("shape, kernel_shape, padding", [
+        ((3, 12, 12, 3), (5, 5, 3, 8), ((2, 2), (2, 2))),
+        ((2, 7, 9, 4), (3, 3, 4, 5), ((0, 2), (1, 0))),
+        ((2, 6, 5, 2), (3, 1, 2, 3), ((1, 1), (0, 0))),
+    ])
+    def test_conv_nhwc_and_its_gradients_equal_a_numpy_correlation(self, shape, kernel_shape,
+                                                                   padding):
+        """Forward, input and kernel gradients against a float64 NumPy correlation and
+        its adjoints written out from the definition."""
+        rng = np.random.default_rng(0)
+        x, kernel = rng.normal(size=shape), rng.normal(size=kernel_shape)
+        kh, kw = kernel_shape[:2]
+        xp = np.pad(x, ((0, 0), *padding, (0, 0)))
+        ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+        windows = np.stack([np.stack([xp[:, i:i + ho, j:j + wo] for j in range(kw)], 1)
+                            for i in range(kh)], 1)  # (n, kh, kw, ho, wo, c)
+        want = np.einsum("nijhwc,ijco->nhwo", windows, kernel)
+        g = rng.normal(size=want.shape)
+        want_dkernel = np.einsum("nijhwc,nhwo->ijco", windows, g)
+        dwindows = np.einsum("nhwo,ijco->nijhwc", g, kernel)
+        dxp = np.zeros_like(xp)
+        for i in range(kh):
+            for j in range(kw):
+                dxp[:, i:i + ho, j:j + wo] += dwindows[:, i, j]
+        want_dx = dxp[:, padding[0][0]:padding[0][0] + shape[1],
+                      padding[1][0]:padding[1][0] + shape[2]]
+        got, vjp = jax.vjp(lambda a, b: kernels.conv_nhwc(
+            a, b, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32))
+        dx, dkernel = vjp(jnp.asarray(g, jnp.float32))
+        for a, b in [(got, want), (dx, want_dx), (dkernel, want_dkernel)]:
+            np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()))
+
+    def test_conv_nhwc_passes_other_convolutions_to_lax(self):
+        x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+        kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
+        numbers = ("NHWC", "HWIO", "NHWC")
+        for args, extra in [(((2, 2), ((1, 1), (1, 1))), {}), (((1, 1), "SAME"), {}),
+                            (((1, 1), ((3, 3), (1, 1))), {}),
+                            (((1, 1), ((1, 1), (1, 1))), {"rhs_dilation": (2, 2)})]:
+            want = jax.lax.conv_general_dilated(x, kernel, *args, dimension_numbers=numbers,
+                                                **extra)
+            got = kernels.conv_nhwc(x, kernel, *args, dimension_numbers=numbers, **extra)
+            np.testing.assert_array_equal(got, want)
+
     def test_compiler_options_per_model_on_cpu(self, monkeypatch):
         long = kernels.LOOP_EMITTERS_MIN_STEPS
         fusions = kernels.YNN_REDUCE_ELTWISE

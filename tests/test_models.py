@@ -61,7 +61,8 @@ class TestCaffeNetwork:
         lax = models.CaffeCifar10(kernels="lax", rngs=nnx.Rngs(0))
         assert "kernels='fast'" in repr(fast) and lax.kernels == "lax"
         assert fast.conv2.conv_general_dilated is kernels.conv_spectral
-        assert fast.conv1.conv_general_dilated is jax.lax.conv_general_dilated
+        assert fast.conv1.conv_general_dilated is kernels.conv_nhwc
+        assert lax.conv1.conv_general_dilated is jax.lax.conv_general_dilated
         assert lax.conv2.conv_general_dilated is jax.lax.conv_general_dilated
         x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3)) * 50
         np.testing.assert_allclose(fast(x), lax(x), rtol=1e-4, atol=1e-9)

@@ -342,8 +342,11 @@ def test_the_plot_names_every_rule_below_the_curves(linear_result):
     assert legend.y1 <= axes.get_window_extent().y0  # below the axes
 
 
-def test_convolutional_models_take_the_unrolled_path_with_same_numbers(monkeypatch):
-    """On CPU a conv model runs in unrolled groups; losses equal a plain Python loop."""
+@pytest.mark.parametrize("conv", ["lax", "conv_nhwc"])
+def test_convolutional_models_take_the_unrolled_path_with_same_numbers(monkeypatch, conv):
+    """On CPU a conv model runs in unrolled groups, unless its gradient's convolutions
+    are all loop friendly (`kernels.conv_nhwc`); losses equal a plain Python loop."""
+    from clr_jax.harness.kernels import conv_nhwc
     rt = importlib.import_module("clr_jax.range_test")  # the module, not the function
     shapes = []
     group_size = _backend.group_size
@@ -355,15 +358,17 @@ def test_convolutional_models_take_the_unrolled_path_with_same_numbers(monkeypat
     params = {"k": jnp.asarray(rng.normal(size=(3, 3, 3, 2)) * 0.1, jnp.float32)}
 
     def conv_loss(p, batch):
-        y = jax.lax.conv_general_dilated(batch["x"], p["k"], (1, 1), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        fn = conv_nhwc if conv == "conv_nhwc" else jax.lax.conv_general_dilated
+        y = fn(batch["x"], p["k"], (1, 1), ((1, 1), (1, 1)),
+               dimension_numbers=("NHWC", "HWIO", "NHWC"))
         logits = y.mean(axis=(1, 2))
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
 
-    assert _backend.uses_convolution(
-        lambda p: conv_loss(p, jax.tree.map(lambda x: x[0], batches)), params)
-    assert not _backend.uses_convolution(
-        lambda w: loss_fn(w, jax.tree.map(lambda x: x[0], least_squares(2))), jnp.zeros(5))
+    assert _backend.slow_in_loops(jax.make_jaxpr(jax.grad(
+        lambda p: conv_loss(p, jax.tree.map(lambda x: x[0], batches))))(params)) == (
+        conv == "lax")
+    assert not _backend.slow_in_loops(jax.make_jaxpr(jax.grad(
+        lambda w: loss_fn(w, jax.tree.map(lambda x: x[0], least_squares(2)))))(jnp.zeros(5)))
     result = clr_jax.range_test(conv_loss, params, batches, min_lr=0.01, max_lr=0.5,
                                 num_steps=12, eval_fn=lambda p: {"n": jnp.sum(p["k"] ** 2)},
                                 eval_every=6)
@@ -376,8 +381,9 @@ def test_convolutional_models_take_the_unrolled_path_with_same_numbers(monkeypat
         expected.append(float(loss))
     np.testing.assert_allclose(result.losses, expected, rtol=1e-5)
     assert result.eval_metrics["n"][-1] == pytest.approx(float(jnp.sum(p["k"] ** 2)), rel=1e-5)
-    # the path taken: 6-step chunks, unrolled whole on CPU, one scan elsewhere
-    assert shapes == [(6, jax.default_backend() == "cpu")]
+    # the path taken: 6-step chunks, unrolled whole on CPU, one scan elsewhere; with
+    # loop-friendly convolutions one compiled loop (group_size is not asked)
+    assert shapes == ([(6, jax.default_backend() == "cpu")] if conv == "lax" else [])
 
 
 def test_a_second_test_reuses_the_program_while_the_loss_lives(batches):

@@ -31,6 +31,7 @@ __all__ = [
     "YNN_REDUCTIONS_ONLY",
     "avg_pool_ceil",
     "compiler_options",
+    "conv_nhwc",
     "conv_spectral",
     "lrn_within_channel",
     "max_pool_ceil",
@@ -259,6 +260,69 @@ def conv_spectral(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *,
             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, precision=precision, **kwargs)
     return _spectral_same(lhs, rhs)
+
+
+def conv_nhwc(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *,
+              lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+              feature_group_count: int = 1, precision=None, **kwargs: Any) -> jax.Array:
+    """``jax.lax.conv_general_dilated`` whose gradients are NHWC convolutions too.
+
+    For an NHWC x HWIO -> NHWC convolution with unit strides, no dilation, one group and
+    padding between 0 and the kernel's size - 1 on each side, the forward pass is the
+    same ``lax`` convolution, and the custom VJP writes both gradients as convolutions of
+    that same layout: the kernel's as the correlation of the input (channels as the
+    batch, images as the features) with the output's cotangent, the input's as the
+    correlation of the cotangent with the flipped, transposed kernel. Those are the
+    forms XLA's CPU backend rewrites autodiff's own gradient convolutions into when they
+    stand alone (so the values are the same), but inside a while loop (a rolled
+    ``lax.scan`` of training steps) it does not, and conv1's kernel gradient there ran
+    ~15x slower than the whole rest of the step (benchmarks/RESULTS.md, "Rolled
+    loops"). Any other configuration goes to ``jax.lax.conv_general_dilated`` unchanged.
+    Pass it as ``nnx.Conv(..., conv_general_dilated=conv_nhwc)``.
+    """
+    kh, kw = rhs.shape[0], rhs.shape[1]
+    pads = None if isinstance(padding, str) else tuple(tuple(int(q) for q in p) for p in padding)
+    plain = (pads is not None and len(pads) == 2 and tuple(window_strides) == (1, 1)
+             and all(0 <= q < k for (lo, hi), k in zip(pads, (kh, kw)) for q in (lo, hi))
+             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+             and feature_group_count == 1 and _is_nhwc(dimension_numbers)
+             and not any(x is not None for x in kwargs.values()))
+    if not plain:
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, precision=precision, **kwargs)
+    return _conv_nhwc(lhs, rhs, pads, precision)
+
+
+def _nhwc(x, w, padding, precision):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, precision=precision,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_nhwc(x, w, padding, precision):
+    return _nhwc(x, w, padding, precision)
+
+
+def _conv_nhwc_fwd(x, w, padding, precision):
+    return _nhwc(x, w, padding, precision), (x, w)
+
+
+def _conv_nhwc_bwd(padding, precision, residuals, g):
+    x, w = residuals
+    kh, kw = w.shape[0], w.shape[1]
+    # d/dx: the cotangent correlated with the kernel flipped in space, in and out swapped
+    flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+    back = tuple((k - 1 - lo, k - 1 - hi) for (lo, hi), k in zip(padding, (kh, kw)))
+    dx = _nhwc(g, flipped, back, precision)
+    # d/dw: (C, H, W, N) correlated with (H', W', N, O) -> (C, kh, kw, O)
+    dw = _nhwc(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), padding,
+               precision)
+    return dx, jnp.transpose(dw, (1, 2, 0, 3))
+
+
+_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 
 
 # -- local response normalisation ----------------------------------------------------------

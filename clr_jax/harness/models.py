@@ -48,6 +48,7 @@ class CaffeCifar10(nnx.Module):
                             kernel_init=nnx.initializers.normal(std),
                             bias_init=nnx.initializers.zeros_init(), rngs=rngs,
                             conv_general_dilated=(k.conv_spectral if spectral
+                                                  else k.conv_nhwc if fast
                                                   else jax.lax.conv_general_dilated))
 
         # conv1's 3 input channels are too few for the spectral form to pay.

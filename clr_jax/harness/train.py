@@ -297,8 +297,8 @@ class ModelParts:
             multipliers=self.multipliers)
 
     def is_convolutional(self, batch_size: int, image_shape: tuple[int, ...]) -> bool:
-        """Whether the model convolves (which shapes the loop on CPU,
-        `clr_jax._backend.group_size`): read from the jaxpr of one forward pass on
+        """Whether the model convolves (a sweep's members then run one after another on
+        CPU, `clr_jax._backend.vmap_members`): read from the jaxpr of one forward pass on
         abstract inputs, with no gradient traced and no batch allocated (a forward
         convolution is what puts convolutions in the gradient)."""
         images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
@@ -306,6 +306,17 @@ class ModelParts:
         jaxpr = jax.make_jaxpr(make_loss(self.graphdef))(self.params, self.rest, images,
                                                           labels)
         return _backend.has_convolution(jaxpr)
+
+    def unrolls_on_cpu(self, batch_size: int, image_shape: tuple[int, ...]) -> bool:
+        """Whether the training steps run in unrolled groups on CPU
+        (`clr_jax._backend.group_size`): whether the gradient, traced on abstract
+        inputs, holds a convolution that XLA's CPU backend runs slowly inside a loop
+        (`clr_jax._backend.slow_in_loops`)."""
+        images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
+        labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+        grad = jax.grad(make_loss(self.graphdef), has_aux=True)
+        return _backend.slow_in_loops(jax.make_jaxpr(grad)(self.params, self.rest, images,
+                                                           labels))
 
 
 class Trainer:
@@ -343,7 +354,8 @@ class Trainer:
                                   abstract=True)
         self.loss = make_loss(shapes.graphdef)
         self.tx = shapes.optimizer(config, schedule)
-        self.convolutional = shapes.is_convolutional(config.batch_size, image_shape)
+        self.unrolled = _backend.on_cpu() and shapes.unrolls_on_cpu(config.batch_size,
+                                                                     image_shape)
 
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
                                   axis_types=(jax.sharding.AxisType.Auto,))
@@ -352,7 +364,7 @@ class Trainer:
                                preprocess=config.preprocess, augment=config.augment,
                                shuffle=config.shuffle)
         self.chunk = config.chunk
-        self.group, unroll = _backend.group_size(self.chunk, self.convolutional)
+        self.group, unroll = _backend.group_size(self.chunk, self.unrolled)
         self.compiler_options = self.compiler_options_for(config.num_steps)
         # No buffer donation: an interrupt between groups must still find the state
         # of the last finished chunk intact, to checkpoint it.
