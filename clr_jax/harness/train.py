@@ -3,8 +3,9 @@
 The data set lives on the device (`DeviceData`); shuffling and augmentation happen
 inside the compiled step. Steps are pure functions (`make_loss`, `train_steps`,
 `make_eval_step`) that `Trainer` compiles for one run and a sweep vmaps over many.
-Steps run in compiled chunks: one ``lax.scan`` per chunk, or on CPU for convolutional
-models fully unrolled groups of steps (`clr_jax._backend`). Python touches the loop
+Steps run in compiled chunks: one ``lax.scan`` per chunk, or on CPU, for models whose
+gradient holds convolutions XLA runs slowly inside a loop, fully unrolled groups of
+steps (`clr_jax._backend`). Python touches the loop
 only between chunks (`clr_jax.harness.loop.run_loop`): logging, evaluation,
 checkpoints, the progress bar.
 
