@@ -177,7 +177,7 @@ def run_side(side: str, steps: int, npz: Path, work: Path, round_: int) -> dict:
         env.update(PROFILE_TRACE=str(work / f"trace-{round_}"), PROFILE_DUMP=str(dump),
                    CLR_JAX_COMPILATION_CACHE="off",
                    XLA_FLAGS=(env.get("XLA_FLAGS", "") + f" --xla_dump_to={dump} "
-                              "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*lambda.*"))
+                              "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*(lambda|train_group).*"))
     out = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(steps),
                           "--npz", str(npz)], capture_output=True, text=True, env=env)
     if out.returncode:
