@@ -147,6 +147,20 @@ def test_readmes_quote_the_committed_table3_at_paper_scale():
             f"{100 * (fixed['final_test_accuracy'] - end['test_accuracy']):.1f} points") in readme
     assert (f"{pct(fixed['final_test_accuracy'])}% after 70,000 iterations; triangular "
             f"{pct(tri['at_25k'])}% at 25,000") in experiments
+    nesterov = result["rows"]["nesterov"]["fixed"][0]
+    n_curve = dict(zip(nesterov["eval_steps"], nesterov["test_accuracy"]))
+    assert (f"| Table 3 Nesterov fixed 0.001 (drops at 60k, 65k), final | "
+            f"{pct(nesterov['final_test_accuracy'])}% after 70,000 it. | 82.1% after 70,000 |"
+            ) in readme
+    gap = 100 * (nesterov["final_test_accuracy"] - fixed["final_test_accuracy"])
+    assert (f"fixed rate ends at {pct(nesterov['final_test_accuracy'])}% (the paper: 82.1%), "
+            f"{gap:.1f} points above Adam's") in readme
+    assert f"at 25,000 iterations, before its drops, it stands at {pct(n_curve[25_000])}%" \
+        in readme
+    assert (f"{pct(nesterov['final_test_accuracy'])}% after 70,000 iterations (the paper: "
+            f"82.1%), {pct(n_curve[25_000])}% at 25,000 and {pct(n_curve[60_000])}% at 60,000"
+            ) in experiments
+    assert f"{gap:.1f} points above Adam's fixed rate" in experiments
 
 
 def test_readmes_quote_the_committed_jpeg_dose():
