@@ -80,17 +80,23 @@ class TestFastKernels:
         y = conv_spectral(x, kernel)[0, 2:7, 2:7, 0]
         np.testing.assert_allclose(y, kernel[::-1, ::-1, 0, 0], atol=1e-5)
 
-    def test_other_convolutions_go_to_lax(self):
-        """Strides, dilation, groups or another padding are not the spectral form's."""
+    @pytest.mark.parametrize("name, padding", [("conv_spectral", ((0, 0), (0, 0))),
+                                               ("conv_nhwc", ((3, 3), (1, 1)))])
+    def test_other_convolutions_go_to_lax(self, name, padding):
+        """Strides, dilation, groups or a padding not their own (the spectral form's is
+        "same"; conv_nhwc's at most the kernel's size - 1) go to lax unchanged."""
         x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
         kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
         numbers = ("NHWC", "HWIO", "NHWC")
         for args, extra in [(((2, 2), ((1, 1), (1, 1))), {}), (((1, 1), "SAME"), {}),
-                            (((1, 1), ((0, 0), (0, 0))), {}),
-                            (((1, 1), ((1, 1), (1, 1))), {"rhs_dilation": (2, 2)})]:
-            want = jax.lax.conv_general_dilated(x, kernel, *args, dimension_numbers=numbers,
-                                                **extra)
-            got = kernels.conv_spectral(x, kernel, *args, dimension_numbers=numbers, **extra)
+                            (((1, 1), padding), {}),
+                            (((1, 1), ((1, 1), (1, 1))), {"rhs_dilation": (2, 2)}),
+                            (((1, 1), ((1, 1), (1, 1))), {"feature_group_count": 2})]:
+            kernel_used = kernel[:, :, :2] if "feature_group_count" in extra else kernel
+            want = jax.lax.conv_general_dilated(x, kernel_used, *args,
+                                                dimension_numbers=numbers, **extra)
+            got = getattr(kernels, name)(x, kernel_used, *args, dimension_numbers=numbers,
+                                         **extra)
             np.testing.assert_array_equal(got, want)
 
     @pytest.mark.parametrize("shape, kernel_shape, padding", [
@@ -125,18 +131,6 @@ class TestFastKernels:
         dx, dkernel = vjp(jnp.asarray(g, jnp.float32))
         for a, b in [(got, want), (dx, want_dx), (dkernel, want_dkernel)]:
             np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()))
-
-    def test_conv_nhwc_passes_other_convolutions_to_lax(self):
-        x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
-        kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
-        numbers = ("NHWC", "HWIO", "NHWC")
-        for args, extra in [(((2, 2), ((1, 1), (1, 1))), {}), (((1, 1), "SAME"), {}),
-                            (((1, 1), ((3, 3), (1, 1))), {}),
-                            (((1, 1), ((1, 1), (1, 1))), {"rhs_dilation": (2, 2)})]:
-            want = jax.lax.conv_general_dilated(x, kernel, *args, dimension_numbers=numbers,
-                                                **extra)
-            got = kernels.conv_nhwc(x, kernel, *args, dimension_numbers=numbers, **extra)
-            np.testing.assert_array_equal(got, want)
 
     def test_compiler_options_per_model_on_cpu(self, monkeypatch):
         long = kernels.LOOP_EMITTERS_MIN_STEPS

@@ -246,20 +246,29 @@ def conv_spectral(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *,
     it: every stage is a real linear map, so the gradient is the exact adjoint of the
     convolution. Results differ from ``lax.conv`` by rounding (~2e-6 relative).
     """
+    options = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                   dimension_numbers=dimension_numbers,
+                   feature_group_count=feature_group_count, precision=precision, **kwargs)
     kh, kw = rhs.shape[0], rhs.shape[1]
     same = ((kh // 2, kh // 2), (kw // 2, kw // 2))
-    plain = (tuple(window_strides) == (1, 1) and kh % 2 == 1 and kw % 2 == 1
-             and not isinstance(padding, str)
-             and tuple(tuple(p) for p in padding) == same
-             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-             and feature_group_count == 1 and _is_nhwc(dimension_numbers)
-             and not any(x is not None for x in kwargs.values()))
-    if not plain:
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count, precision=precision, **kwargs)
+    if not (_plain_nhwc(window_strides, options) and kh % 2 == 1 and kw % 2 == 1
+            and not isinstance(padding, str)
+            and tuple(tuple(p) for p in padding) == same):
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **options)
     return _spectral_same(lhs, rhs)
+
+
+def _plain_nhwc(window_strides, options: dict) -> bool:
+    """Unit strides, no dilation, one group, NHWC x HWIO -> NHWC and no other option set
+    (``precision`` aside)."""
+    return (tuple(window_strides) == (1, 1)
+            and all(options[d] is None or tuple(options[d]) == (1, 1)
+                    for d in ("lhs_dilation", "rhs_dilation"))
+            and options["feature_group_count"] == 1
+            and _is_nhwc(options["dimension_numbers"])
+            and not any(value is not None for name, value in options.items()
+                        if name not in ("lhs_dilation", "rhs_dilation", "dimension_numbers",
+                                        "feature_group_count", "precision")))
 
 
 def conv_nhwc(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *,
@@ -280,18 +289,14 @@ def conv_nhwc(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *,
     loops"). Any other configuration goes to ``jax.lax.conv_general_dilated`` unchanged.
     Pass it as ``nnx.Conv(..., conv_general_dilated=conv_nhwc)``.
     """
+    options = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                   dimension_numbers=dimension_numbers,
+                   feature_group_count=feature_group_count, precision=precision, **kwargs)
     kh, kw = rhs.shape[0], rhs.shape[1]
     pads = None if isinstance(padding, str) else tuple(tuple(int(q) for q in p) for p in padding)
-    plain = (pads is not None and len(pads) == 2 and tuple(window_strides) == (1, 1)
-             and all(0 <= q < k for (lo, hi), k in zip(pads, (kh, kw)) for q in (lo, hi))
-             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-             and feature_group_count == 1 and _is_nhwc(dimension_numbers)
-             and not any(x is not None for x in kwargs.values()))
-    if not plain:
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count, precision=precision, **kwargs)
+    if not (_plain_nhwc(window_strides, options) and pads is not None and len(pads) == 2
+            and all(0 <= q < k for (lo, hi), k in zip(pads, (kh, kw)) for q in (lo, hi))):
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **options)
     return _conv_nhwc(lhs, rhs, pads, precision)
 
 
