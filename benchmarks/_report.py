@@ -14,15 +14,19 @@ RESULTS_MD = ROOT / "RESULTS.md"
 
 def machine() -> dict:
     """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
+    fields = {}  # the first processor's
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    # the vector instruction sets (an AVX2-only machine and an AVX-512 one differ here)
+    vector = sorted(f for f in fields.get("flags", "").split()
+                    if f.startswith(("avx", "fma", "amx")))
+    return {"cpu": cpu, "cores": os.cpu_count(), "vector_flags": vector,
+            "platform": platform.platform(),
             "backend": jax.default_backend(), "devices": jax.device_count(),
             "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
             "python": platform.python_version()}

@@ -21,6 +21,10 @@ part), and the fixed cost split: import, data, build, compilation and first step
 clr_jax split comes from an instrumented process doing what the command line does
 (`Trainer` through its public API), as a first run.
 
+``--isa avx2`` runs both sides held to AVX2 (clr_jax: ``XLA_FLAGS=--xla_cpu_max_isa=AVX2``;
+PyTorch: ``ATEN_CPU_CAPABILITY=avx2``), the comparison to make on an AVX-512 machine
+beside the default one; its result is vs_pytorch_avx2_<backend>.json.
+
 Writes benchmarks/results/vs_pytorch_<backend>.json and its RESULTS.md section. Keep
 every other job paused while it runs.
 """
@@ -110,10 +114,17 @@ def main():
     parser.add_argument("--second-runs", default="1000",
                         help="lengths at which clr_jax also runs a second time with the "
                         "compilation cache its first run left")
+    parser.add_argument("--isa", choices=("default", "avx2"), default="default",
+                        help="avx2: hold XLA and PyTorch to AVX2 (on an AVX-512 machine)")
     parser.add_argument("--split-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.split_child:
         return split_child(args.split_child)
+    if args.isa == "avx2":  # inherited by every process below
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_max_isa=AVX2").strip()
+        os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    tag = "" if args.isa == "default" else f"_{args.isa}"
 
     import jax
     import numpy as np
@@ -174,18 +185,22 @@ def main():
     split_median = {k: statistics.median(r[k] for r in split) for k in split[0]}
     torch_split = {k: statistics.median(r[k] for r in results[min(results)]["runs"]["pytorch"])
                    for k in ("import_seconds", "data_seconds", "first_step_seconds")}
-    result = {"benchmark": "vs_pytorch", "rounds": args.rounds, "machine": machine(),
+    result = {"benchmark": "vs_pytorch", "rounds": args.rounds, "isa": args.isa,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+              "machine": machine(),
               "job": "Caffe cifar10_full, bundled CIFAR-10 sample, batch 100, triangular2 "
                      "0.001-0.006 step 100, test accuracy at the end",
               "pytorch_side": "torch.optim.SGD (rate after momentum) + CyclicLR, eager",
               "lengths": results, "clr_jax_fixed_cost_split": split_median,
               "clr_jax_fixed_cost_split_runs": split, "pytorch_fixed_cost_split": torch_split}
-    path = write_result("vs_pytorch", result)
+    path = write_result(f"vs_pytorch{tag}", result)
     shutil.rmtree(work, ignore_errors=True)
     m = result["machine"]
-    md = [f"## The whole job against PyTorch, process against process ({jax.default_backend()})",
-          "", f"`python benchmarks/vs_pytorch.py --rounds {args.rounds} --steps {args.steps}` "
-          f"→ `results/{path.name}`", "",
+    md = [f"## The whole job against PyTorch, process against process ({jax.default_backend()}"
+          + (f", held to {args.isa.upper()}" if tag else "") + ")",
+          "", f"`python benchmarks/vs_pytorch.py --rounds {args.rounds} --steps {args.steps}"
+          + (f" --isa {args.isa}" if tag else "") + f"` → `results/{path.name}`", "",
           f"{result['job']}; {m['cpu']} ({m['cores']} cores), jax {m['jax']}. Each side is "
           f"its own process, alternated {args.rounds} times ({max(2, args.rounds - 1)} above "
           "1,000 iterations); the PyTorch side is "
@@ -214,7 +229,7 @@ def main():
            f"{split_median['compile_seconds']:.2f} | |",
            f"| first evaluation | {split_median['eval_first_seconds']:.2f} | |",
            f"| first step | | {torch_split['first_step_seconds']:.2f} |"]
-    update_section(f"vs_pytorch_{jax.default_backend()}", "\n".join(md))
+    update_section(f"vs_pytorch_{jax.default_backend()}{tag}", "\n".join(md))
     print("\n".join(md))
 
 
