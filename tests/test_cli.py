@@ -364,13 +364,17 @@ class TestStartUp:
         # interrupt waits for the imports (one cut short can crash jaxlib's extension).
         # Sent once jaxlib's library is being loaded (seen in the process's memory map),
         # so that a slow or busy machine moves the moment with the imports. SIGINT as
-        # in a terminal: a test run started in the background inherits it ignored.
-        process = subprocess.Popen(
-            [sys.executable, "-m", "clr_jax", "train", "--dataset", "sample", "--policy",
-             "triangular", "--base-lr", "0.001", "--max-lr", "0.006", "--step-size", "20",
-             "--steps", "40", "--out", str(tmp_path / "run")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        # in a terminal: a test run started in the background has it ignored, which a
+        # child inherits; a handled one reaches the child as the default.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "clr_jax", "train", "--dataset", "sample", "--policy",
+                 "triangular", "--base-lr", "0.001", "--max-lr", "0.006", "--step-size",
+                 "20", "--steps", "40", "--out", str(tmp_path / "run")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         maps, deadline = Path(f"/proc/{process.pid}/maps"), time.monotonic() + 60
         while process.poll() is None and time.monotonic() < deadline:
             if "jaxlib" in maps.read_text():
