@@ -161,6 +161,17 @@ def test_readmes_quote_the_committed_table3_at_paper_scale():
             f"82.1%), {pct(n_curve[25_000])}% at 25,000 and {pct(n_curve[60_000])}% at 60,000"
             ) in experiments
     assert f"{gap:.1f} points above Adam's fixed rate" in experiments
+    n_tri = result["rows"]["nesterov"]["triangular"][0]
+    n_end = n_tri["cycle_end_25k"]
+    reached = next(step for step in sorted(n_curve) if n_curve[step] >= n_end["test_accuracy"])
+    lead = 100 * (n_end["test_accuracy"] - n_curve[n_end["step"]])
+    assert (f"| Table 3 Nesterov triangular 0.001-0.006 | {pct(n_tri['at_25k'])}% at 25,000 "
+            f"it. ({pct(n_end['test_accuracy'])}% at the cycle end at {n_end['step']:,}) | "
+            "81.3% at 25,000 |") in readme
+    for text in (readme, experiments):
+        assert f"{pct(n_end['test_accuracy'])}%, {lead:.1f} points above the fixed rate" in text
+        assert f"({pct(n_curve[n_end['step']])}%)" in text
+        assert f"{reached:,} iterations, after its first drop" in text
 
 
 def test_readmes_quote_the_committed_jpeg_dose():
