@@ -335,6 +335,10 @@ class Trainer:
       tx: the optimizer.
       initial_state: ``{"params", "rest", "opt_state"}`` on the devices.
       chunk: steps per visit to Python (`TrainConfig.chunk`).
+      group: steps per compiled call: the chunk, or on CPU a divisor of it when
+        ``unrolled``.
+      unrolled: whether the steps run in unrolled groups (on CPU, when the gradient
+        holds a convolution XLA runs slowly in a loop: `ModelParts.unrolls_on_cpu`).
       compiler_options: XLA options of the compiled steps
         (`clr_jax.harness.kernels.compiler_options`).
     """
