@@ -101,8 +101,7 @@ class SweepTrainer:
         self.convolutional = self.parts.is_convolutional(config.batch_size, image_shape)
         self.chunk = config.chunk
         self.group, self._unroll = _backend.group_size(
-            self.chunk, _backend.on_cpu() and self.parts.unrolls_on_cpu(config.batch_size,
-                                                                        image_shape))
+            self.chunk, self.parts.unrolls_on_cpu(config.batch_size, image_shape))
         self.compiler_options = kernel_choice.compiler_options(config.model, config.kernels,
                                                                config.num_steps)
 

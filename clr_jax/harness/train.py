@@ -312,7 +312,9 @@ class ModelParts:
         """Whether the training steps run in unrolled groups on CPU
         (`clr_jax._backend.group_size`): whether the gradient, traced on abstract
         inputs, holds a convolution that XLA's CPU backend runs slowly inside a loop
-        (`clr_jax._backend.slow_in_loops`)."""
+        (`clr_jax._backend.slow_in_loops`). Never elsewhere, where nothing is traced."""
+        if not _backend.on_cpu():
+            return False
         images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
         labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
         grad = jax.grad(make_loss(self.graphdef), has_aux=True)
@@ -359,8 +361,7 @@ class Trainer:
                                   abstract=True)
         self.loss = make_loss(shapes.graphdef)
         self.tx = shapes.optimizer(config, schedule)
-        self.unrolled = _backend.on_cpu() and shapes.unrolls_on_cpu(config.batch_size,
-                                                                     image_shape)
+        self.unrolled = shapes.unrolls_on_cpu(config.batch_size, image_shape)
 
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
                                   axis_types=(jax.sharding.AxisType.Auto,))
