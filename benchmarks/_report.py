@@ -32,16 +32,34 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+def isa_suffix() -> str:
+    """``"_avx512"`` on a CPU with AVX-512, else ``""``: the same benchmark's results from
+    an AVX2 machine and an AVX-512 one are kept side by side, as XLA's code, PyTorch's
+    and the timings differ between them."""
+    if jax.default_backend() != "cpu":
+        return ""
+    return "_avx512" if "avx512f" in machine()["vector_flags"] else ""
+
+
 def write_result(name: str, result: dict):
-    """Writes ``result`` to results/<name>_<backend>.json; returns the path."""
-    path = ROOT / "results" / f"{name}_{jax.default_backend()}.json"
+    """Writes ``result`` to results/<name><isa_suffix>_<backend>.json; returns the path."""
+    path = ROOT / "results" / f"{name}{isa_suffix()}_{jax.default_backend()}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path
 
 
 def update_section(name: str, markdown: str) -> None:
     """Replaces the section between <!-- name:start --> and <!-- name:end --> in
-    RESULTS.md (appending it if absent), so each script regenerates its own part."""
+    RESULTS.md (appending it if absent), so each script regenerates its own part. On an
+    AVX-512 machine the section is its own (``name`` + `isa_suffix`) and its heading
+    says so."""
+    suffix = isa_suffix()
+    if suffix:
+        name += suffix
+        heading, _, rest = markdown.strip().partition("\n")
+        heading = (heading[:-1] + ", AVX-512 machine)" if heading.endswith(")")
+                   else heading + " (AVX-512 machine)")
+        markdown = heading + "\n" + rest
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{markdown.strip()}\n{end}"
     text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"

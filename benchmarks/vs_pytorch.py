@@ -23,10 +23,11 @@ clr_jax split comes from an instrumented process doing what the command line doe
 
 ``--isa avx2`` runs both sides held to AVX2 (clr_jax: ``XLA_FLAGS=--xla_cpu_max_isa=AVX2``;
 PyTorch: ``ATEN_CPU_CAPABILITY=avx2``), the comparison to make on an AVX-512 machine
-beside the default one; its result is vs_pytorch_avx2_<backend>.json.
+beside the default one.
 
-Writes benchmarks/results/vs_pytorch_<backend>.json and its RESULTS.md section. Keep
-every other job paused while it runs.
+Writes benchmarks/results/vs_pytorch_<backend>.json (vs_pytorch_avx512_<backend>.json on
+an AVX-512 machine; vs_pytorch_held_avx2_avx512_<backend>.json with ``--isa avx2``) and its
+RESULTS.md section. Keep every other job paused while it runs.
 """
 
 import argparse
@@ -124,7 +125,9 @@ def main():
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_max_isa=AVX2").strip()
         os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
-    tag = "" if args.isa == "default" else f"_{args.isa}"
+    held = args.isa != "default"
+    if held and "avx512f" not in Path("/proc/cpuinfo").read_text():
+        parser.error(f"--isa {args.isa}: this machine has no AVX-512 to hold back from")
 
     import jax
     import numpy as np
@@ -194,14 +197,16 @@ def main():
               "pytorch_side": "torch.optim.SGD (rate after momentum) + CyclicLR, eager",
               "lengths": results, "clr_jax_fixed_cost_split": split_median,
               "clr_jax_fixed_cost_split_runs": split, "pytorch_fixed_cost_split": torch_split}
-    path = write_result(f"vs_pytorch{tag}", result)
+    path = write_result("vs_pytorch" + (f"_held_{args.isa}" if held else ""), result)
     shutil.rmtree(work, ignore_errors=True)
     m = result["machine"]
+    isa_words = "AVX-512" if "avx512f" in m["vector_flags"] else "AVX2, no AVX-512"
     md = [f"## The whole job against PyTorch, process against process ({jax.default_backend()}"
-          + (f", held to {args.isa.upper()}" if tag else "") + ")",
+          + (f", held to {args.isa.upper()}" if held else "") + ")",
           "", f"`python benchmarks/vs_pytorch.py --rounds {args.rounds} --steps {args.steps}"
-          + (f" --isa {args.isa}" if tag else "") + f"` → `results/{path.name}`", "",
-          f"{result['job']}; {m['cpu']} ({m['cores']} cores), jax {m['jax']}. Each side is "
+          + (f" --isa {args.isa}" if held else "") + f"` → `results/{path.name}`", "",
+          f"{result['job']}; {m['cpu']} ({m['cores']} cores, {isa_words}), jax {m['jax']}. "
+          "Each side is "
           f"its own process, alternated {args.rounds} times ({max(2, args.rounds - 1)} above "
           "1,000 iterations); the PyTorch side is "
           "benchmarks/pytorch_caffe_cifar10.py (PyTorch's own SGD and CyclicLR). Speed is "
@@ -229,7 +234,8 @@ def main():
            f"{split_median['compile_seconds']:.2f} | |",
            f"| first evaluation | {split_median['eval_first_seconds']:.2f} | |",
            f"| first step | | {torch_split['first_step_seconds']:.2f} |"]
-    update_section(f"vs_pytorch_{jax.default_backend()}{tag}", "\n".join(md))
+    update_section(f"vs_pytorch_{jax.default_backend()}" + (f"_held_{args.isa}" if held else ""),
+                   "\n".join(md))
     print("\n".join(md))
 
 

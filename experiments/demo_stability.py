@@ -10,14 +10,16 @@ temporary folder), as a user's first run:
 - seeds 3-5 and seeds 6-8: `--range-test-seed 3` / `6` (the three range tests start from
   other initialisations and read the data in other orders);
 - perturbed: `--perturb-init 1e-6` (the range tests' initial weights scaled by 1 + 1e-6,
-  a change as small as another machine's rounding; another instruction set could not be
-  tried on this machine).
+  a change as small as another machine's rounding).
 
-Writes experiments/results/demo_stability.json and .md: each run's bounds with their
+Writes experiments/results/demo_stability.json and .md on an AVX2 machine,
+demo_stability_avx512.json and .md on an AVX-512 one: each run's bounds with their
 interval, its verdict, both schedules' accuracies and its wall time (by the demo's own
 clock and as a process); and whether the verdicts agree, whether every max_lr lies in
-the first run's interval, and whether every fresh run finished within 150 s. Time the
-runs with nothing else running on the machine.
+the first run's interval, and whether every fresh run finished within 150 s. Where the
+other instruction set's result is already there, the same checks across both machines'
+runs too (XLA's code, and so the last bits of every number, differ between them). Time
+the runs with nothing else running on the machine.
 """
 
 import argparse
@@ -44,6 +46,18 @@ def cpu_flags() -> str:
     except (OSError, IndexError):
         return "unknown"
     return "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "other"
+
+
+def result_name(isa: str) -> str:
+    return "demo_stability_avx512" if isa == "AVX-512" else "demo_stability"
+
+
+def agreement(runs: list[dict]) -> dict:
+    """Whether the runs give one answer: the checks made within and across machines."""
+    low, high = runs[0]["max_interval"]
+    return {"same_verdict": len({r["verdict"] for r in runs}) == 1,
+            "max_lr_in_first_interval": all(low <= r["max_lr"] <= high for r in runs),
+            "max_lr_ratio": max(r["max_lr"] for r in runs) / min(r["max_lr"] for r in runs)}
 
 
 def run(name: str, extra: list[str], folder: Path) -> dict:
@@ -80,12 +94,8 @@ def main(argv=None):
         r = runs[-1]
         print(f"{name:22s} max_lr {r['max_lr']:.3g} {r['max_interval']}  {r['verdict']}  "
               f"{r['seconds_own_clock']:.0f} s", flush=True)
-    first = runs[0]
-    low, high = first["max_interval"]
     checks = {
-        "same_verdict": len({r["verdict"] for r in runs}) == 1,
-        "max_lr_in_first_interval": all(low <= r["max_lr"] <= high for r in runs),
-        "max_lr_ratio": max(r["max_lr"] for r in runs) / min(r["max_lr"] for r in runs),
+        **agreement(runs),
         "fresh_within_limit": all(r["seconds_own_clock"] <= LIMIT_SECONDS
                                   for r in runs if r["name"].startswith("fresh")),
         "fresh_identical": len({json.dumps(r["final_test_accuracy"]) for r in runs
@@ -93,11 +103,21 @@ def main(argv=None):
     }
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip() or None
+    isa = cpu_flags()
+    other_path = args.out / f"{result_name('AVX2' if isa == 'AVX-512' else 'AVX-512')}.json"
+    across = None
+    if other_path.exists():  # the other instruction set's runs, first run first
+        other = json.loads(other_path.read_text())
+        reference = runs + other["runs"] if isa == "AVX2" else other["runs"] + runs
+        across = {"other_result": other_path.name, "other_isa": other["isa"],
+                  "other_commit": other["commit"], **agreement(reference)}
     result = {"experiment": "demo_stability", "commit": commit, "runs": runs, "checks": checks,
+              "across_instruction_sets": across,
               "limit_seconds": LIMIT_SECONDS, "machine": platform.machine(),
-              "isa": cpu_flags(), "cpus": os.cpu_count()}
+              "isa": isa, "cpus": os.cpu_count()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "demo_stability.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = result_name(isa)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"`clr-jax demo`, each run a new process with empty caches ({os.cpu_count()} "
              f"cores, {cpu_flags()}).", "",
              "| run | base_lr | max_lr (interval) | CLR % | fixed % | verdict | s (own clock) |",
@@ -114,7 +134,13 @@ def main(argv=None):
               f"smallest max_lr x{checks['max_lr_ratio']:.2f}); fresh runs within "
               f"{LIMIT_SECONDS} s: {checks['fresh_within_limit']}; fresh runs identical: "
               f"{checks['fresh_identical']}."]
-    (args.out / "demo_stability.md").write_text("\n".join(lines) + "\n")
+    if across:
+        lines += ["", f"With the {across['other_isa']} machine's runs "
+                  f"(`{across['other_result']}`, commit {(across['other_commit'] or '?')[:7]}): "
+                  f"same verdict in all: {across['same_verdict']}; every max_lr within the "
+                  f"AVX2 machine's first interval: {across['max_lr_in_first_interval']} "
+                  f"(largest / smallest x{across['max_lr_ratio']:.2f})."]
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
