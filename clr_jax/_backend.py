@@ -14,7 +14,9 @@ benchmarks/RESULTS.md). On GPU and TPU neither holds.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.extend.core
@@ -53,6 +55,18 @@ def scan(body: Callable, carry, xs=None, *, length: int | None = None, unroll: b
 
 def on_cpu() -> bool:
     return jax.default_backend() == "cpu"
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+    """Whether the host processor has AVX-512 (Linux's /proc/cpuinfo; False where that
+    cannot be read). The libraries XLA's CPU backend calls (YNNPACK, Eigen) choose their
+    code by the processor, not by XLA's flags, so a kernel choice measured on one kind
+    of machine is made by this, not by ``--xla_cpu_max_isa``."""
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
 
 
 def has_convolution(jaxpr) -> bool:

@@ -6,9 +6,20 @@ import numpy as np
 import optax
 import pytest
 
+from clr_jax import _backend
 from clr_jax.harness import kernels
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.train import TrainConfig, Trainer
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs nested in it."""
+    import jax.extend.core
+
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _equations(getattr(sub, "jaxpr", sub))
 
 
 def conv_same(x, kernel):
@@ -99,15 +110,19 @@ class TestFastKernels:
                                          **extra)
             np.testing.assert_array_equal(got, want)
 
+    @pytest.mark.parametrize("avx512", [False, True])
     @pytest.mark.parametrize("shape, kernel_shape, padding", [
         ((3, 12, 12, 3), (5, 5, 3, 8), ((2, 2), (2, 2))),
         ((2, 7, 9, 4), (3, 3, 4, 5), ((0, 2), (1, 0))),
         ((2, 6, 5, 2), (3, 1, 2, 3), ((1, 1), (0, 0))),
     ])
-    def test_conv_nhwc_and_its_gradients_equal_a_numpy_correlation(self, shape, kernel_shape,
-                                                                   padding):
+    def test_conv_nhwc_and_its_gradients_equal_a_numpy_correlation(
+            self, shape, kernel_shape, padding, avx512, monkeypatch):
         """Forward, input and kernel gradients against a float64 NumPy correlation and
-        its adjoints written out from the definition."""
+        its adjoints written out from the definition, on a machine with AVX-512 (where
+        the forward pads the input channels to a multiple of 4) and without."""
+        monkeypatch.setattr(_backend, "cpu_has_avx512", lambda: avx512)
+        assert kernels.forward_channel_multiple() == (4 if avx512 else 1)
         rng = np.random.default_rng(0)
         x, kernel = rng.normal(size=shape), rng.normal(size=kernel_shape)
         kh, kw = kernel_shape[:2]
@@ -131,6 +146,26 @@ class TestFastKernels:
         dx, dkernel = vjp(jnp.asarray(g, jnp.float32))
         for a, b in [(got, want), (dx, want_dx), (dkernel, want_dkernel)]:
             np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()))
+
+    @pytest.mark.parametrize("avx512", [False, True])
+    def test_conv_nhwc_pads_input_channels_only_on_avx512(self, avx512, monkeypatch):
+        """The forward convolution's operands, as traced: 3 input channels padded to 4 on
+        an AVX-512 CPU, none elsewhere nor on other backends; 8 channels never padded."""
+        monkeypatch.setattr(_backend, "cpu_has_avx512", lambda: avx512)
+
+        def lhs_channels(channels):
+            x, w = jnp.ones((2, 6, 6, channels)), jnp.ones((3, 3, channels, 5))
+            jaxpr = jax.make_jaxpr(lambda a, b: jax.vjp(lambda a, b: kernels.conv_nhwc(
+                a, b, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                a, b)[0])(x, w)
+            convs = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name
+                     == "conv_general_dilated"]
+            return [(e.invars[0].aval.shape[-1], e.invars[1].aval.shape[2]) for e in convs]
+
+        assert lhs_channels(3) == ([(4, 4)] if avx512 else [(3, 3)])
+        assert lhs_channels(8) == [(8, 8)]
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        assert kernels.forward_channel_multiple() == 1
 
     def test_compiler_options_per_model_on_cpu(self, monkeypatch):
         long = kernels.LOOP_EMITTERS_MIN_STEPS

@@ -33,6 +33,7 @@ __all__ = [
     "compiler_options",
     "conv_nhwc",
     "conv_spectral",
+    "forward_channel_multiple",
     "lrn_within_channel",
     "max_pool_ceil",
     "max_pool_ceil_fast",
@@ -288,6 +289,12 @@ def conv_nhwc(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *,
     ~15x slower than the whole rest of the step (benchmarks/RESULTS.md, "Rolled
     loops"). Any other configuration goes to ``jax.lax.conv_general_dilated`` unchanged.
     Pass it as ``nnx.Conv(..., conv_general_dilated=conv_nhwc)``.
+
+    On a CPU with AVX-512 the forward convolution pads the input channels with zeros
+    to a multiple of 4 (`forward_channel_multiple`): YNNPACK, which runs it there, took
+    ~3.7x as long for conv1's 3 input channels as for 4 (benchmarks/RESULTS.md, "Conv1
+    with 3 input channels"). The zero channels add exact zeros, so the result is the
+    same convolution, summed in another order.
     """
     options = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                    dimension_numbers=dimension_numbers,
@@ -300,18 +307,29 @@ def conv_nhwc(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *,
     return _conv_nhwc(lhs, rhs, pads, precision)
 
 
-def _nhwc(x, w, padding, precision):
+def forward_channel_multiple() -> int:
+    """The multiple `conv_nhwc`'s forward convolution pads its input channels to: 4 on a
+    CPU with AVX-512, where it was measured faster (benchmarks/conv1_channels_cpu.py),
+    1 (no padding) elsewhere, where it was not measured."""
+    return 4 if _backend.on_cpu() and _backend.cpu_has_avx512() else 1
+
+
+def _nhwc(x, w, padding, precision, channel_multiple: int = 1):
+    extra = -x.shape[-1] % channel_multiple
+    if extra:  # zero channels in the input and the kernel: exact zeros in every sum
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+        w = jnp.pad(w, ((0, 0), (0, 0), (0, extra), (0, 0)))
     return jax.lax.conv_general_dilated(x, w, (1, 1), padding, precision=precision,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_nhwc(x, w, padding, precision):
-    return _nhwc(x, w, padding, precision)
+    return _nhwc(x, w, padding, precision, forward_channel_multiple())
 
 
 def _conv_nhwc_fwd(x, w, padding, precision):
-    return _nhwc(x, w, padding, precision), (x, w)
+    return _nhwc(x, w, padding, precision, forward_channel_multiple()), (x, w)
 
 
 def _conv_nhwc_bwd(padding, precision, residuals, g):
