@@ -97,6 +97,24 @@ def test_readme_quotes_the_committed_demo_report():
     assert f"(CLR {min(clr):.1f}-{max(clr):.1f}%, fixed {min(fixed):.1f}-{max(fixed):.1f}%)" \
         in readme
 
+    other = json.loads((ROOT / "experiments/results/demo_stability_avx512.json").read_text())
+    assert other["isa"] == "AVX-512" and other["checks"]["fresh_identical"]
+    runs = {r["name"]: r for r in other["runs"]}
+    fresh = [r for name, r in runs.items() if name.startswith("fresh")]
+    low = min(r["seconds_own_clock"] for r in fresh)
+    high = max(r["seconds_own_clock"] for r in fresh)
+    assert (f"read max_lr {runs['fresh 1']['max_lr']:.3g} fresh (identical in all three, "
+            f"{low:.0f} to {high:.0f} s), {runs['range-test seeds 3-5']['max_lr']:.3g} and "
+            f"{runs['range-test seeds 6-8']['max_lr']:.3g} with the other seeds and "
+            f"{runs['perturbed 1e-6']['max_lr']:.3g} perturbed") in readme
+    clr = [100 * r["stats"]["clr"]["mean"] for r in runs.values()]
+    fixed = [100 * r["stats"]["fixed"]["mean"] for r in runs.values()]
+    assert f"(CLR {min(clr):.1f}-{max(clr):.1f}%, fixed {min(fixed):.1f}-{max(fixed):.1f}%)" \
+        in readme
+    across = other["across_instruction_sets"]
+    assert across["same_verdict"] and other["checks"]["same_verdict"]
+    assert (f"within a factor {across['max_lr_ratio']:.2f} and one verdict") in readme
+
 
 def test_readmes_quote_the_committed_table1_at_paper_scale():
     """Every finished paper-scale Table 1 run's final accuracy, as the result file has it, is
@@ -245,6 +263,15 @@ def test_readme_quotes_the_committed_benchmarks():
             f"empty compilation cache and {second['speed_vs_pytorch_whole_job']:.2f}x with a "
             f"warm one, at {first['speed_vs_pytorch_steady']:.2f}x PyTorch's images/s in "
             "steady state") in readme
+    avx512 = json.loads((results / "vs_pytorch_avx512_cpu.json").read_text())
+    assert "avx512f" in avx512["machine"]["vector_flags"]
+    first, second = (avx512["lengths"]["1000"]["summary"][side]
+                     for side in ("clr_jax_first_run", "clr_jax_second_run"))
+    assert (f"it is slower: {first['speed_vs_pytorch_whole_job']:.2f}x from an empty cache, "
+            f"{second['speed_vs_pytorch_whole_job']:.2f}x with a warm one, "
+            f"{first['speed_vs_pytorch_steady']:.2f}x in steady state") in readme
+    low, high = avx512["lengths"]["1000"]["summary"]["pytorch"]["wall_seconds_range"]
+    assert f"PyTorch's rounds took {low:.1f}-{high:.1f} s" in readme
 
 
 def test_guides_quote_the_committed_experiments():
