@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -349,10 +350,20 @@ class RunDir:
             self.checkpoints.close()
         self._manager = None
         folder = self.path / "checkpoints"
-        for partial in folder.glob(f"{step}.orbax-checkpoint-tmp*"):
-            shutil.rmtree(partial, ignore_errors=True)
-        if (folder / str(step)).exists() and str(step) not in self._digests():
-            shutil.rmtree(folder / str(step), ignore_errors=True)
+        # A write still in flight when the save failed can recreate a removed folder
+        # (TensorStore makes the parents of what it writes): remove until none is seen
+        # on three checks in a row, for at most ~3 s.
+        quiet = 0
+        for _ in range(30):
+            partials = list(folder.glob(f"{step}.orbax-checkpoint-tmp*"))
+            if (folder / str(step)).exists() and str(step) not in self._digests():
+                partials.append(folder / str(step))
+            for partial in partials:
+                shutil.rmtree(partial, ignore_errors=True)
+            quiet = 0 if partials else quiet + 1
+            if quiet == 3:
+                break
+            time.sleep(0.1)
 
     def restore(self, step: int, like: Any) -> Any:
         """The state saved at ``step``, with the structure, shapes and dtypes of ``like``."""
