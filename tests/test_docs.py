@@ -136,6 +136,35 @@ def test_readmes_quote_the_committed_table1_at_paper_scale():
     assert f"| {tri['fixed_steps_to_this_final']:,} (both seeds) |" in readme
 
 
+def test_readmes_quote_the_committed_schedules_at_25k():
+    """The schedules study's table is the result file's, and every number the READMEs
+    quote from it is the result file's."""
+    import json
+
+    result = json.loads((ROOT / "experiments/results/schedules_25k_1.json").read_text())
+    table = (ROOT / "experiments/results/schedules_25k_1.md").read_text().split("\n\n", 1)[1]
+    experiments_text = (ROOT / "experiments/README.md").read_text()
+    assert table.strip() in experiments_text
+    experiments = " ".join(experiments_text.split())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    bounds = result["range_test_bounds"]
+    assert bounds["trusted"]
+    assert (f"read base {bounds['base_lr']:.2g}, max_lr {bounds['max_lr']:.3g} "
+            f"[{bounds['max_interval'][0]:.3g}, {bounds['max_interval'][1]:.3g}], trusted"
+            ) in experiments
+    runs = result["runs"]
+    pct = lambda value: f"{100 * value:.1f}%"  # noqa: E731
+    if "one_cycle" in runs:
+        one, tri, tri1 = runs["one_cycle"], runs["triangular2"], runs["triangular2-seed1"]
+        assert f"1cycle (peak {bounds['max_lr']:.3g}, one seed) ends at {pct(one['at_25k'])}" \
+            in experiments
+        assert (f"behind: {pct(one['at_10k'])} at 10,000 iterations against "
+                f"{pct(tri['at_10k'])} and {pct(tri1['at_10k'])}") in experiments
+        assert (f"1cycle ends at {pct(one['at_25k'])}, level with triangular2's "
+                f"{pct(tri['at_25k'])} and {pct(tri1['at_25k'])} (two seeds)") in readme
+        assert f"({pct(one['at_10k'])} against {pct(tri['at_10k'])})" in readme
+
+
 def test_readmes_quote_the_committed_table3_at_paper_scale():
     """Table 3's finished paper-scale rows, as the result file has them, in both READMEs:
     final and 25k accuracies, the cycle ends, and the numbers the README's paragraph
