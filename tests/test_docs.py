@@ -163,6 +163,14 @@ def test_readmes_quote_the_committed_schedules_at_25k():
         assert (f"1cycle ends at {pct(one['at_25k'])}, level with triangular2's "
                 f"{pct(tri['at_25k'])} and {pct(tri1['at_25k'])} (two seeds)") in readme
         assert f"({pct(one['at_10k'])} against {pct(tri['at_10k'])})" in readme
+    if "sgdr" in runs:
+        sgdr = runs["sgdr"]
+        assert (f"warm restarts at 3,571 and 10,714) ends at {pct(sgdr['at_25k'])}"
+                in experiments)
+        assert f"it stands at {pct(sgdr['at_10k'])}, the best of the four there" in experiments
+        assert max(runs, key=lambda name: runs[name]["at_10k"]) == "sgdr"
+        assert (f"SGDR with warm restarts ends at {pct(sgdr['at_25k'])}, also level, and leads "
+                f"at 10,000 ({pct(sgdr['at_10k'])}") in readme
 
 
 def test_readmes_quote_the_committed_table3_at_paper_scale():
