@@ -19,14 +19,14 @@ AVX-512 machine) and its RESULTS.md section. Keep every other job paused while i
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import numpy as np
 
+from _chunk_ab import alternate, patch, summary, training_chunk
 from _report import machine, update_section, write_result
-from clr_jax.harness import TrainConfig, Trainer, kernels, load_dataset
+from clr_jax.harness import kernels
+
 
 def conv1(channels):
     """Conv1's forward with its input channels padded to ``channels`` (3: none), as
@@ -34,25 +34,6 @@ def conv1(channels):
     def forward(x, w, b):
         return kernels._nhwc(x, w, ((2, 2), (2, 2)), None, channels) + b
     return forward
-
-
-def alternate(calls: dict, rounds: int) -> dict:
-    """Seconds of each call, alternated ``rounds`` times."""
-    times = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - started)
-    return times
-
-
-def summary(times: dict, reference: str, per: int) -> dict:
-    return {name: {"ms_median": 1000 * statistics.median(t) / per,
-                   "ms_range": [1000 * min(t) / per, 1000 * max(t) / per],
-                   "ratio_median": statistics.median(
-                       a / b for a, b in zip(t, times[reference]))}
-            for name, t in times.items()}
 
 
 def conv1_alone(rounds: int) -> dict:
@@ -80,32 +61,10 @@ def conv1_alone(rounds: int) -> dict:
 
 
 def chunk(rounds: int) -> dict:
-    data = load_dataset("sample")
-    config = TrainConfig(num_steps=1000, eval_every=1000, log_every=100,
-                         schedule={"policy": "triangular2", "base_lr": 0.001,
-                                   "max_lr": 0.006, "step_size": 100})
-    built, losses = {}, {}
-    original = kernels.forward_channel_multiple
-    for name, multiple in (("no padding", 1), ("padded to 4", 4)):
-        kernels.forward_channel_multiple = lambda multiple=multiple: multiple
-        try:
-            trainer = Trainer(config, data)
-            state, first = trainer.run_steps(trainer.initial_state, 0, trainer.chunk)
-            losses[name] = np.asarray(first)
-        finally:
-            kernels.forward_channel_multiple = original
-        built[name] = (trainer, state)
-
-    def call(trainer, state):
-        return lambda: jax.block_until_ready(trainer.run_steps(state, trainer.chunk,
-                                                                trainer.chunk)[1])
-
-    steps = built["no padding"][0].chunk
-    rows = summary(alternate({n: call(*b) for n, b in built.items()}, rounds), "no padding",
-                   steps)
-    rows["padded to 4"]["max_abs_loss_difference"] = float(
-        np.abs(losses["padded to 4"] - losses["no padding"]).max())
-    return {"steps_per_call": steps, "variants": rows}
+    """The training chunk with conv1's forward padded to 4 or not."""
+    return training_chunk({"no padding": patch(kernels, "forward_channel_multiple", lambda: 1),
+                           "padded to 4": patch(kernels, "forward_channel_multiple",
+                                                lambda: 4)}, rounds)
 
 
 def main():

@@ -38,9 +38,15 @@ def conv_spectral(x, kernel):
 class TestFastKernels:
     """The CPU kernels of the Caffe net change speed, not numerics."""
 
-    @pytest.mark.parametrize("h, w", [(32, 32), (16, 16), (7, 9), (8, 5)])
-    def test_max_pool_gradient_is_caffes_first_max(self, h, w):
+    @pytest.mark.parametrize("separable", [False, True])
+    @pytest.mark.parametrize("h, w", [(32, 32), (16, 16), (7, 9), (8, 5), (3, 4), (4, 3)])
+    def test_max_pool_gradient_is_caffes_first_max(self, h, w, separable, monkeypatch):
+        # both routings (the separable one is what AVX-512 CPUs run) against a loop
+        monkeypatch.setattr(_backend, "cpu_has_avx512", lambda: separable)
+        assert kernels.separable_max_pool_gradient() == separable
         rng = np.random.default_rng(h * w)
+        x0 = jnp.zeros((1, h, w, 1))  # the separable routing keeps the column maxima too
+        assert len(kernels._max_pool_fwd(x0)[1]) == (3 if separable else 2)
         x = rng.integers(0, 4, (2, h, w, 3)).astype(np.float32)  # many ties
         y = np.asarray(kernels.max_pool_ceil(jnp.asarray(x)))
         g = rng.normal(size=y.shape).astype(np.float32)

@@ -38,6 +38,7 @@ __all__ = [
     "max_pool_ceil",
     "max_pool_ceil_fast",
     "resolve",
+    "separable_max_pool_gradient",
 ]
 
 KERNELS = ("auto", "fast", "lax")
@@ -110,23 +111,75 @@ def avg_pool_ceil(x: jax.Array, *, fast: bool = False) -> jax.Array:
 @jax.custom_vjp
 def max_pool_ceil_fast(x: jax.Array) -> jax.Array:
     """`max_pool_ceil` whose gradient goes to the first maximum of each window (in
-    row-major order, as Caffe's), computed from 9 strided slices; the maxima themselves
-    from separable shifted slices.
+    row-major order, as Caffe's); the maxima themselves from separable shifted slices.
 
     Autodiff of ``reduce_window(max)`` tracks argmax indices through a variadic
     reduce_window, which XLA's CPU backend runs ~4x slower than the whole rest of the
-    pooling (benchmarks/RESULTS.md).
+    pooling (benchmarks/RESULTS.md). The gradient is routed in one of two equal ways
+    (`separable_max_pool_gradient`): through the 9 strided window slices, each masked
+    by the windows before it, or in two separable passes, first to the first row of
+    the window holding its maximum, then to that row's first maximal column (the same
+    cell: the first maximum in row-major order).
     """
     return max_pool_ceil(x)
 
 
+def separable_max_pool_gradient() -> bool:
+    """Whether `max_pool_ceil_fast` routes its gradient in two separable passes: on a CPU
+    with AVX-512, where it was measured faster (benchmarks/max_pool_gradient_cpu.py);
+    elsewhere, where it was not measured, through the 9 masked window slices."""
+    return _backend.on_cpu() and _backend.cpu_has_avx512()
+
+
 def _max_pool_fwd(x):
-    y = separable_window3x3(x, 2, ceil_padding(x), jnp.maximum, -jnp.inf)  # the same maxima
+    pads = ceil_padding(x)
+    if separable_max_pool_gradient():
+        # columns first, then rows: the same maxima; the column maxima are kept for
+        # the backward pass's second stage
+        columns = _window3(x, 2, 2, pads[2], jnp.maximum, -jnp.inf)
+        y = _window3(columns, 1, 2, pads[1], jnp.maximum, -jnp.inf)
+        return y, (x, columns, y)
+    y = separable_window3x3(x, 2, pads, jnp.maximum, -jnp.inf)  # the same maxima
     return y, (x, y)
 
 
 def _max_pool_bwd(residuals, g):
-    x, y = residuals
+    if len(residuals) == 3:
+        x, columns, y = residuals
+        pads = ceil_padding(x)
+        d_columns = _first_max_route(columns, y, g, 1, pads[1])
+        return (_first_max_route(x, columns, d_columns, 2, pads[2]),)
+    return (_masked_windows_route(*residuals, g),)
+
+
+def _first_max_route(x: jax.Array, y: jax.Array, g: jax.Array, axis: int,
+                     pad: tuple[int, int]) -> jax.Array:
+    """The adjoint of ``y = _window3(x, axis, 2, pad, max)`` that sends each of ``g``'s
+    entries to the first of its window's three entries equal to the maximum ``y``;
+    ``pad`` is (0, extra), as `ceil_padding` gives it."""
+    length, n = x.shape[axis], y.shape[axis]
+    x = jnp.pad(x, [pad if a == axis else (0, 0) for a in range(x.ndim)],
+                constant_values=-jnp.inf)
+    first, second, third = (jax.lax.slice_in_dim(x, k, k + 2 * n - 1, 2, axis)
+                            for k in range(3))
+    at0 = first == y
+    at1 = (second == y) & ~at0
+    at2 = (third == y) & ~(at0 | at1)
+    zero = jnp.zeros((), g.dtype)
+
+    def place(at, low):  # window k's share at entry 2k + low, where that is in the input
+        count = min(n, (length - 1 - low) // 2 + 1)
+        shares = jax.lax.slice_in_dim(jnp.where(at, g, zero), 0, count, 1, axis)
+        config = [(0, 0, 0)] * g.ndim
+        config[axis] = (low, length - low - (2 * count - 1), 1)
+        return jax.lax.pad(shares, zero, config)
+
+    return place(at0, 0) + place(at1, 1) + place(at2, 2)
+
+
+def _masked_windows_route(x: jax.Array, y: jax.Array, g: jax.Array) -> jax.Array:
+    """The first-maximum routing through the 9 strided window slices, each masked by
+    the windows before it, assembled by output parity."""
     n, h, w, c = x.shape
     oh, ow = y.shape[1], y.shape[2]
     hp, wp = 2 * oh + 1, 2 * ow + 1  # the padded extent the windows cover
@@ -154,7 +207,7 @@ def _max_pool_bwd(residuals, g):
     odd_even = at(part[1, 0], 0, 0) + at(part[1, 2], 0, 1)
     odd_odd = at(part[1, 1], 0, 0)
     dx = jnp.stack([jnp.stack([even_even, even_odd], 3), jnp.stack([odd_even, odd_odd], 3)], 2)
-    return (dx.reshape(n, 2 * oh + 2, 2 * ow + 2, c)[:, :h, :w, :],)
+    return dx.reshape(n, 2 * oh + 2, 2 * ow + 2, c)[:, :h, :w, :]
 
 
 max_pool_ceil_fast.defvjp(_max_pool_fwd, _max_pool_bwd)
