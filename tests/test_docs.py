@@ -167,10 +167,25 @@ def test_readmes_quote_the_committed_schedules_at_25k():
         sgdr = runs["sgdr"]
         assert (f"warm restarts at 3,571 and 10,714) ends at {pct(sgdr['at_25k'])}"
                 in experiments)
-        assert f"it stands at {pct(sgdr['at_10k'])}, the best of the four there" in experiments
+        assert (f"it stands at {pct(sgdr['at_10k'])}, the best of the "
+                f"{['two', 'three', 'four', 'five', 'six'][len(runs) - 2]} there") in experiments
         assert max(runs, key=lambda name: runs[name]["at_10k"]) == "sgdr"
         assert (f"SGDR with warm restarts ends at {pct(sgdr['at_25k'])}, also level, and leads "
                 f"at 10,000 ({pct(sgdr['at_10k'])}") in readme
+    if "warmup_cosine" in runs:
+        warm, one, tri = runs["warmup_cosine"], runs["one_cycle"], runs["triangular2"]
+        assert (f"then cosine to 0; resumed once from its checkpoint at 10,000) ends at "
+                f"{pct(warm['at_25k'])}") in experiments
+        assert f"it stands at {pct(warm['at_10k'])}, between 1cycle and triangular2" \
+            in experiments
+        assert one["at_10k"] < warm["at_10k"] < tri["at_10k"]
+        assert (f"warmup-cosine ends at {pct(warm['at_25k'])} too "
+                f"({pct(warm['at_10k'])} at 10,000)") in readme
+        ends = [runs[name]["at_25k"] for name in ("one_cycle", "sgdr", "warmup_cosine")]
+        assert round(100 * (max(ends) - min(ends)), 1) <= 0.1
+        assert (f"{100 * (min(ends) - tri['at_25k']):.1f}-"
+                f"{100 * (max(ends) - runs['triangular2-seed1']['at_25k']):.1f} points above "
+                "triangular2") in experiments
 
 
 def test_readmes_quote_the_committed_table3_at_paper_scale():
