@@ -2,7 +2,8 @@
 paper's protocol.
 
     python experiments/schedules_25k.py --data ../shared/data/cifar10-jpg.tar.gz \
-        [--runs one_cycle,sgdr,warmup_cosine,schedule_free] [--seed 0] [--scale 1.0] \
+        [--runs one_cycle,sgdr,warmup_cosine,schedule_free,schedule_free_matched] \
+        [--seed 0] [--scale 1.0] \
         [--out experiments/results/schedules_25k]
 
 The Table 1 protocol (Caffe's cifar10_full network and initialisation, mean-image
@@ -20,7 +21,11 @@ iterations), 25,000 iterations each:
   then cosine to 0;
 - schedule_free: optax.contrib.schedule_free_sgd (b1 = 0.9, the momentum of the others),
   its rate warmed up to the peak over 5% of the run then constant, evaluated at its
-  averaged point (optax.contrib.schedule_free_eval_params).
+  averaged point (optax.contrib.schedule_free_eval_params);
+- schedule_free_matched: the same with its rate max_lr / (1 - b1) = 10 max_lr. Schedule-free
+  SGD takes plain gradient steps (z <- z - rate * gradient) where momentum SGD's steps
+  grow to rate / (1 - momentum) per unit gradient; the range test reads its rate for
+  momentum SGD, so this is the rate whose steps match it.
 
 How each takes its rate, as a user would: `clr_jax.find_bounds` on this network and
 data with its defaults (three range tests of 200 steps, an exponential ramp from 1e-5
@@ -48,7 +53,8 @@ from clr_jax.harness import TrainConfig, load_dataset
 
 OUT = Path(__file__).resolve().parent / "results" / "schedules_25k"
 TABLE1 = Path(__file__).resolve().parent / "results" / "table1_paper"
-RUNS = ("one_cycle", "sgdr", "warmup_cosine", "schedule_free")
+RUNS = ("one_cycle", "sgdr", "warmup_cosine", "schedule_free", "schedule_free_matched")
+MOMENTUM = 0.9  # every run's (Caffe SGD's momentum, schedule-free SGD's b1)
 
 
 def schedule(run: str, peak: float, steps: int):
@@ -66,8 +72,9 @@ def schedule(run: str, peak: float, steps: int):
              "decay_steps": period, "end_value": peak * 1e-3} for period in periods])
     if run == "warmup_cosine":
         return "caffe_sgd", optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, 0.0)
-    if run == "schedule_free":
-        return "schedule_free_sgd", optax.warmup_constant_schedule(0.0, peak, warmup)
+    if run in ("schedule_free", "schedule_free_matched"):
+        rate = peak if run == "schedule_free" else peak / (1 - MOMENTUM)
+        return "schedule_free_sgd", optax.warmup_constant_schedule(0.0, rate, warmup)
     raise ValueError(f"unknown run {run!r}; choose from {', '.join(RUNS)}")
 
 
@@ -98,9 +105,9 @@ def main(argv=None):
     peak = range_test_peak(args, dataset, base)
     for run in chosen:
         optimizer, rates = schedule(run, peak, steps)
-        config = TrainConfig(optimizer=optimizer, num_steps=steps, eval_every=every,
-                             log_every=every, checkpoint_every=max(every, round(5000 * args.scale)),
-                             **base)
+        config = TrainConfig(optimizer=optimizer, momentum=MOMENTUM, num_steps=steps,
+                             eval_every=every, log_every=every,
+                             checkpoint_every=max(every, round(5000 * args.scale)), **base)
         name = run if args.seed == 0 else f"{run}-seed{args.seed}"
         summary = train_or_load(config, dataset, args.out / name, schedule=rates,
                                 progress=not args.no_progress,

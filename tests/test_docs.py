@@ -186,6 +186,13 @@ def test_readmes_quote_the_committed_schedules_at_25k():
         assert (f"{100 * (min(ends) - tri['at_25k']):.1f}-"
                 f"{100 * (max(ends) - runs['triangular2-seed1']['at_25k']):.1f} points above "
                 "triangular2") in experiments
+    if "schedule_free" in runs:
+        free = runs["schedule_free"]
+        assert (f"then constant; evaluated at its averaged point) ends at {pct(free['at_25k'])}, "
+                f"{pct(free['at_10k'])} at 10,000") in experiments
+        assert (f"Schedule-free SGD given the same rate ends at {pct(free['at_25k'])} "
+                f"({pct(free['at_10k'])} at 10,000)") in readme
+        assert min(runs, key=lambda name: runs[name]["at_25k"]) == "schedule_free"
 
 
 def test_readmes_quote_the_committed_table3_at_paper_scale():

@@ -103,6 +103,24 @@ def test_schedules_25k(tmp_path):
     assert "one_cycle" in out
 
 
+def test_schedules_25k_schedule_free_rates(monkeypatch):
+    """Schedule-free SGD's rate: the range test's max_lr, or max_lr / (1 - b1), the plain
+    gradient step that momentum SGD's steps grow to at max_lr."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # its _common
+    spec = importlib.util.spec_from_file_location(
+        "schedules_25k", ROOT / "experiments" / "schedules_25k.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for run, factor in (("schedule_free", 1.0), ("schedule_free_matched", 10.0)):
+        optimizer, rates = module.schedule(run, 0.002, 1000)
+        assert optimizer == "schedule_free_sgd"
+        assert float(rates(0)) == 0.0  # warmed up over 5% of the run
+        assert float(rates(25)) == pytest.approx(0.5 * factor * 0.002)
+        assert float(rates(999)) == pytest.approx(factor * 0.002)
+
+
 @pytest.mark.parametrize("script, args", [
     ("table4_resnet.py", ["--epochs", "0.05", "--batch-size", "20", "--model", "mlp"]),
 ])
