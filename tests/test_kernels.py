@@ -39,7 +39,7 @@ class TestFastKernels:
     """The CPU kernels of the Caffe net change speed, not numerics."""
 
     @pytest.mark.parametrize("separable", [False, True])
-    @pytest.mark.parametrize("h, w", [(32, 32), (16, 16), (7, 9), (8, 5), (3, 4), (4, 3)])
+    @pytest.mark.parametrize("h, w", [(32, 32), (16, 16), (7, 9), (8, 5), (3, 4), (4, 3), (2, 3)])
     def test_max_pool_gradient_is_caffes_first_max(self, h, w, separable, monkeypatch):
         # both routings (the separable one is what AVX-512 CPUs run) against a loop
         monkeypatch.setattr(_backend, "cpu_has_avx512", lambda: separable)

@@ -171,7 +171,7 @@ def _first_max_route(x: jax.Array, y: jax.Array, g: jax.Array, axis: int,
         count = min(n, (length - 1 - low) // 2 + 1)
         shares = jax.lax.slice_in_dim(jnp.where(at, g, zero), 0, count, 1, axis)
         config = [(0, 0, 0)] * g.ndim
-        config[axis] = (low, length - low - (2 * count - 1), 1)
+        config[axis] = (low, length - low - max(0, 2 * count - 1), 1)
         return jax.lax.pad(shares, zero, config)
 
     return place(at0, 0) + place(at1, 1) + place(at2, 2)
