@@ -168,10 +168,19 @@ def test_readmes_quote_the_committed_schedules_at_25k():
         assert (f"warm restarts at 3,571 and 10,714) ends at {pct(sgdr['at_25k'])}"
                 in experiments)
         assert (f"it stands at {pct(sgdr['at_10k'])}, the best of the "
-                f"{['two', 'three', 'four', 'five', 'six'][len(runs) - 2]} there") in experiments
+                f"{'two three four five six seven eight nine'.split()[len(runs) - 2]} there"
+                ) in experiments
         assert max(runs, key=lambda name: runs[name]["at_10k"]) == "sgdr"
         assert (f"SGDR with warm restarts ends at {pct(sgdr['at_25k'])}, also level, and leads "
                 f"at 10,000 ({pct(sgdr['at_10k'])}") in readme
+    if "sgdr-seed1" in runs:
+        again = runs["sgdr-seed1"]
+        assert (f"A second seed (the same schedule; other initial weights and data order) "
+                f"ends at {pct(again['at_25k'])}, {pct(again['at_10k'])} at 10,000") in experiments
+        assert (f"a second seed: {pct(again['at_25k'])} and {pct(again['at_10k'])})"
+                ) in readme
+        assert (f"two of SGDR ({100 * abs(runs['sgdr']['at_25k'] - again['at_25k']):.1f} "
+                "points apart at 25,000)") in experiments
     if "warmup_cosine" in runs:
         warm, one, tri = runs["warmup_cosine"], runs["one_cycle"], runs["triangular2"]
         assert (f"then cosine to 0; resumed once from its checkpoint at 10,000) ends at "
