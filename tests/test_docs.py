@@ -212,6 +212,25 @@ def test_readmes_quote_the_committed_schedules_at_25k():
                 f"runs within {np.ceil(round(1000 * (max(decaying) - min(decaying)), 6)) / 10:.1f} "
                 "points"
                 ) in experiments
+    # the README's results table and the experiments page's lead: every schedule's ending
+    labels = {"one_cycle": "1cycle", "sgdr": "SGDR", "warmup_cosine": "warmup-cosine",
+              "schedule_free": "schedule-free SGD"}
+    endings = []
+    for name, label in labels.items():
+        if name in runs:
+            ending = f"{label} {pct(runs[name]['at_25k'])}"
+            if f"{name}-seed1" in runs:
+                ending += f" (seed 1: {pct(runs[name + '-seed1']['at_25k'])})"
+            if name == "schedule_free" and "schedule_free_matched" in runs:
+                ending += (f" (at 10x the rate: "
+                           f"{pct(runs['schedule_free_matched']['at_25k'])})")
+            endings.append(ending)
+    endings = ", ".join(endings)
+    assert (f"| Schedules users pick today at 25,000 it., peak from the range test "
+            f"(`find_bounds`: {bounds['max_lr']:.3g}) | {endings} |") in readme
+    tri, tri1 = runs["triangular2"], runs["triangular2-seed1"]
+    assert (f"the peak the range test read: {endings}, against triangular2's "
+            f"{pct(tri['at_25k'])} and {pct(tri1['at_25k'])}") in experiments
     if "schedule_free" in runs:
         free = runs["schedule_free"]
         assert (f"then constant; evaluated at its averaged point) ends at {pct(free['at_25k'])}, "
