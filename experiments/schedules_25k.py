@@ -189,11 +189,42 @@ def report(args, steps: int, every: int) -> dict:
                      f"{100 * run['best']:.1f} |")
     (results_dir / f"schedules_25k_{label}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    figure = plotting.plot_accuracy(curves, figsize=(8.0, 4.0),
-                                    title=f"Schedules at {steps:,} iterations "
-                                    f"({data_name(args.data)})")
+    figure = _figure(curves, steps, f"Schedules at {steps:,} iterations ({data_name(args.data)})")
     plotting.save_figure(figure, images_dir / f"schedules_25k_{label}.png")
     return result
+
+
+def _figure(curves: dict, steps: int, title: str):
+    """Accuracy curves, one colour per schedule (a second seed dashed): the whole run,
+    and its last 40% with the accuracy axis zoomed to where the runs end."""
+    import matplotlib.pyplot as plt
+
+    figure, (whole, end) = plt.subplots(1, 2, figsize=(11.0, 4.2),
+                                        gridspec_kw={"width_ratios": [3, 2]})
+    schedules = list(dict.fromkeys(name.split("-seed")[0] for name in curves))
+    colours = {name: f"C{i}" for i, name in enumerate(schedules)}
+    start = 0.6 * steps
+    late = []
+    for name, (x, y) in curves.items():
+        schedule = name.split("-seed")[0]
+        style = dict(color=colours[schedule], linestyle="--" if "-seed" in name else "-",
+                     marker=".", label=name)
+        whole.plot(x, y, **style)
+        tail = [(a, b) for a, b in zip(x, y) if a >= start]
+        if tail:
+            end.plot(*zip(*tail), **style)
+            late += [b for _, b in tail]
+    whole.set(xlabel="iteration", ylabel="test accuracy", title=title)
+    end.set(xlabel="iteration", title=f"from {start:,.0f} on (zoomed)")
+    if late:  # the band where most runs end, a run far below them left out of the zoom
+        top = max(late)
+        near = [b for b in late if b >= top - 0.05] or late
+        end.set_ylim(min(near) - 0.005, top + 0.005)
+    for axes in (whole, end):
+        axes.grid(alpha=0.3)
+    whole.legend(fontsize="small", loc="lower right")
+    figure.tight_layout()
+    return figure
 
 
 if __name__ == "__main__":
