@@ -61,7 +61,28 @@ class TestFastKernels:
             assert y[n, a, b, c] == max(values)
         np.testing.assert_allclose(dx, want, atol=1e-6)
 
-    def test_lrn_square_roots_equal_the_power(self):
+    @pytest.mark.parametrize("alpha, beta", [(0.3, 0.75), (0.5, 0.6), (5e-5, 0.75)])
+    def test_lrn_written_gradient_is_autodiffs(self, alpha, beta, monkeypatch):
+        # float64, against JAX's derivative of the reduce_window form; alphas large
+        # enough that the window term of the gradient is not negligible
+        monkeypatch.setattr(_backend, "cpu_has_avx512", lambda: True)
+        assert kernels.lrn_custom_gradient()
+        with jax.enable_x64(True):
+            x = jax.random.normal(jax.random.key(5), (2, 7, 9, 3), jnp.float64) * 3
+            g = jax.random.normal(jax.random.key(6), x.shape, jnp.float64)
+            written = jax.vjp(lambda x: kernels.lrn_within_channel(x, alpha, beta, fast=True), x)
+            derived = jax.vjp(lambda x: kernels.lrn_within_channel(x, alpha, beta), x)
+            window_term = derived[1](g)[0] - g * (derived[0] / x)
+            assert float(jnp.abs(window_term).max()) > 1e-2 * float(jnp.abs(g).max()) or \
+                alpha < 1e-3
+            np.testing.assert_allclose(written[0], derived[0], rtol=1e-13)
+            np.testing.assert_allclose(written[1](g)[0], derived[1](g)[0], rtol=1e-12,
+                                       atol=1e-14)
+
+    @pytest.mark.parametrize("written", [False, True])
+    def test_lrn_square_roots_equal_the_power(self, written, monkeypatch):
+        monkeypatch.setattr(_backend, "cpu_has_avx512", lambda: written)
+        assert kernels.lrn_custom_gradient() == written
         x = jax.random.normal(jax.random.key(3), (2, 9, 7, 5)) * 30
         g = jax.random.normal(jax.random.key(4), x.shape)
         fast = jax.vjp(lambda x: kernels.lrn_within_channel(x, fast=True), x)

@@ -34,6 +34,7 @@ __all__ = [
     "conv_nhwc",
     "conv_spectral",
     "forward_channel_multiple",
+    "lrn_custom_gradient",
     "lrn_within_channel",
     "max_pool_ceil",
     "max_pool_ceil_fast",
@@ -410,16 +411,62 @@ def lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75, *,
     With ``fast`` the window sums are separable shifted slices, and for the usual beta =
     0.75 the power is rsqrt(s) * sqrt(rsqrt(s)): two square roots instead of an
     exponential and a logarithm, forward and backward; equal to the power up to
-    rounding.
+    rounding. On an AVX-512 CPU (`lrn_custom_gradient`) the fast form's gradient is
+    written out (`_lrn_fast`): the same gradient up to rounding.
     """
-    same = ((0, 0), (1, 1), (1, 1), (0, 0))
-    squares = (separable_window3x3(x * x, 1, same, jnp.add, 0.0) if fast else
-               jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), same))
+    if fast and lrn_custom_gradient():
+        return _lrn_fast(x, float(alpha), float(beta))
+    squares = (separable_window3x3(x * x, 1, _SAME3, jnp.add, 0.0) if fast else
+               jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1),
+                                     _SAME3))
     scale = 1 + (alpha / 9) * squares
+    return x * _lrn_power(scale, beta, fast)
+
+
+_SAME3 = ((0, 0), (1, 1), (1, 1), (0, 0))
+
+
+def _lrn_power(scale: jax.Array, beta: float, fast: bool) -> jax.Array:
     if fast and beta == 0.75:
         inverse_root = jax.lax.rsqrt(scale)
-        return x * (inverse_root * jnp.sqrt(inverse_root))
-    return x * scale ** -beta
+        return inverse_root * jnp.sqrt(inverse_root)
+    return scale ** -beta
+
+
+def lrn_custom_gradient() -> bool:
+    """Whether the fast `lrn_within_channel` uses its written-out gradient: on a CPU with
+    AVX-512, where it was measured faster (benchmarks/lrn_gradient_cpu.py); elsewhere,
+    where it was not measured, JAX differentiates the forward pass."""
+    return _backend.on_cpu() and _backend.cpu_has_avx512()
+
+
+def _lrn_scale(x: jax.Array, alpha: float) -> jax.Array:
+    return 1 + (alpha / 9) * separable_window3x3(x * x, 1, _SAME3, jnp.add, 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _lrn_fast(x: jax.Array, alpha: float, beta: float) -> jax.Array:
+    """The fast LRN with its gradient written out. With s = 1 + alpha/9 W(x^2) (W the
+    3x3 window sum, which is its own adjoint) and y = x s^-beta:
+    dx = g s^-beta - (2 alpha beta / 9) x W(g y / s): one more window sum of the same
+    shifted slices as the forward pass, where autodiff transposes each slice into a pad
+    and adds the pads."""
+    return x * _lrn_power(_lrn_scale(x, alpha), beta, True)
+
+
+def _lrn_fast_fwd(x, alpha, beta):
+    scale = _lrn_scale(x, alpha)
+    return x * _lrn_power(scale, beta, True), (x, scale)
+
+
+def _lrn_fast_bwd(alpha, beta, residuals, g):
+    x, scale = residuals
+    power = _lrn_power(scale, beta, True)
+    window = separable_window3x3(g * (x * power) / scale, 1, _SAME3, jnp.add, 0.0)
+    return (g * power - (2 * alpha * beta / 9) * x * window,)
+
+
+_lrn_fast.defvjp(_lrn_fast_fwd, _lrn_fast_bwd)
 
 
 # -- XLA compiler options -----------------------------------------------------------------
