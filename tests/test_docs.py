@@ -238,6 +238,21 @@ def test_readmes_quote_the_committed_schedules_at_25k():
         assert (f"Schedule-free SGD given the same rate ends at {pct(free['at_25k'])} "
                 f"({pct(free['at_10k'])} at 10,000)") in readme
         assert min(runs, key=lambda name: runs[name]["at_25k"]) == "schedule_free"
+    if "schedule_free_matched" in runs:
+        matched, tri, tri1 = (runs[name] for name in (
+            "schedule_free_matched", "triangular2", "triangular2-seed1"))
+        ends = [runs[name]["at_25k"] for name in ("one_cycle", "sgdr", "warmup_cosine")]
+        assert (f"it ends at {pct(matched['at_25k'])}, level with triangular2 "
+                f"({pct(tri['at_25k'])} and {pct(tri1['at_25k'])}) and "
+                f"{100 * (min(ends) - matched['at_25k']):.1f}-"
+                f"{100 * (max(ends) - matched['at_25k']):.1f} points below the decaying "
+                "schedules' seed-0 runs") in experiments
+        assert min(tri["at_25k"], tri1["at_25k"]) <= matched["at_25k"] + 0.0005
+        assert f"it is second only to SGDR ({pct(matched['at_10k'])})" in experiments
+        ahead = {name for name, run in runs.items() if run["at_10k"] > matched["at_10k"]}
+        assert ahead == {"sgdr", "sgdr-seed1"}
+        assert (f"at ten times that rate it ends at {pct(matched['at_25k'])} "
+                f"({pct(matched['at_10k'])} at 10,000), level with triangular2") in readme
 
 
 def test_readmes_quote_the_committed_table3_at_paper_scale():
