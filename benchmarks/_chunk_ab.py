@@ -78,3 +78,17 @@ def patch(module, name: str, value) -> Callable[[], Callable[[], None]]:
         setattr(module, name, value)
         return lambda: setattr(module, name, saved)
     return apply
+
+
+def chunk_table(chunk: dict, rounds: int, each: str) -> list[str]:
+    """RESULTS.md lines for `training_chunk`'s result: a sentence ("... each {each}, N
+    alternated rounds:") and the table of ms/step (range) and ratio per choice."""
+    md = ["", f"The harness's training chunk ({chunk['steps_per_call']} steps of the Caffe "
+          f"net in one rolled loop, bundled sample, triangular2), each {each}, "
+          f"{rounds} alternated rounds:", "", "| training chunk | ms/step (range) | ratio |",
+          "|---|---|---|"]
+    for name, row in chunk["variants"].items():
+        low, high = row["ms_range"]
+        md.append(f"| {name} | {row['ms_median']:.1f} ({low:.1f}-{high:.1f}) | "
+                  f"{row['ratio_median']:.3f} |")
+    return md

@@ -32,7 +32,7 @@ import argparse
 import jax
 import numpy as np
 
-from _chunk_ab import alternate, patch, summary, training_chunk
+from _chunk_ab import alternate, chunk_table, patch, summary, training_chunk
 from _report import machine, update_section, write_result
 from clr_jax.harness import kernels
 
@@ -94,14 +94,7 @@ def main():
         md.append(f"| {name} | {row['ms_median']:.2f} | {row['ratio_median']:.3f} | "
                   f"{row['max_abs_gradient_difference']:.1e} |")
     rows = chunk["variants"]
-    md += ["", f"The harness's training chunk ({chunk['steps_per_call']} steps of the Caffe "
-           "net in one rolled loop, bundled sample, triangular2), each routing, "
-           f"{args.rounds} alternated rounds:", "", "| training chunk | ms/step (range) | ratio |",
-           "|---|---|---|"]
-    for name, row in rows.items():
-        low, high = row["ms_range"]
-        md.append(f"| {name} | {row['ms_median']:.1f} ({low:.1f}-{high:.1f}) | "
-                  f"{row['ratio_median']:.3f} |")
+    md += chunk_table(chunk, args.rounds, "routing")
     md += ["", "Largest difference of the 100 losses, separable against masked: "
            f"{rows['separable']['max_abs_loss_difference']:.1e} (the gradients differ in "
            "their summation order only; 100 steps carry that rounding on). This machine's "
