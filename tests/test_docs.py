@@ -314,6 +314,24 @@ def test_readmes_quote_the_committed_table3_at_paper_scale():
     assert (f"| Table 3 Nesterov triangular 0.001-0.006 | {pct(n_tri['at_25k'])}% at 25,000 "
             f"it. ({pct(n_end['test_accuracy'])}% at the cycle end at {n_end['step']:,}) | "
             "81.3% at 25,000 |") in readme
+    if "adagrad" in result["rows"]:
+        ada = result["rows"]["adagrad"]["triangular"][0]
+        a_end = ada["cycle_end_25k"]
+        assert (f"| Table 3 AdaGrad triangular 0.003-0.035 | {pct(ada['at_25k'])}% at 25,000 "
+                f"it. ({pct(a_end['test_accuracy'])}% at the cycle end at {a_end['step']:,}) | "
+                "76.0% at 25,000 |") in readme
+        assert (f"triangular 0.003-0.035 reads {pct(ada['at_25k'])}% at 25,000 iterations, "
+                f"the paper's 76.0%, and {pct(a_end['test_accuracy'])}% at its cycle end at "
+                f"{a_end['step']:,}") in readme
+        a_curve = dict(zip(ada["eval_steps"], ada["test_accuracy"]))
+        cycle_ends = [a_curve[step] for step in range(4_000, a_end["step"] + 1, 4_000)]
+        assert cycle_ends == sorted(cycle_ends)  # "climbed at every cycle end"
+        assert (f"{pct(ada['at_25k'])}% at 25,000 iterations, part-way up a cycle (the paper: "
+                f"76.0%), and {pct(a_end['test_accuracy'])}% at the end of its cycle at "
+                f"{a_end['step']:,}, having climbed at every cycle end ({pct(cycle_ends[0])}% at "
+                f"4,000, {pct(a_curve[12_000])}% at 12,000)") in experiments
+        assert a_end["test_accuracy"] > max(tri["cycle_end_25k"]["test_accuracy"],
+                                            n_end["test_accuracy"])
     for text in (readme, experiments):
         assert f"{pct(n_end['test_accuracy'])}%, {lead:.1f} points above the fixed rate" in text
         assert f"({pct(n_curve[n_end['step']])}%)" in text
