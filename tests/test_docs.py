@@ -332,6 +332,16 @@ def test_readmes_quote_the_committed_table3_at_paper_scale():
                 f"4,000, {pct(a_curve[12_000])}% at 12,000)") in experiments
         assert a_end["test_accuracy"] > max(tri["cycle_end_25k"]["test_accuracy"],
                                             n_end["test_accuracy"])
+    if "adadelta" in result["rows"]:
+        delta = result["rows"]["adadelta"]["triangular"][0]
+        d_end = delta["cycle_end_25k"]
+        above = f"{100 * delta['at_25k'] - 67.3:.1f}"
+        assert (f"| Table 3 AdaDelta triangular 0.01-0.1 | {pct(delta['at_25k'])}% at 25,000 "
+                f"it. ({pct(d_end['test_accuracy'])}% at the cycle end at {d_end['step']:,}) | "
+                "67.3% at 25,000 |") in readme
+        for text in (readme, experiments):
+            assert (f"{pct(delta['at_25k'])}% at 25,000 iterations, {above} points above the "
+                    f"paper's 67.3%, and {pct(d_end['test_accuracy'])}%") in text
     for text in (readme, experiments):
         assert f"{pct(n_end['test_accuracy'])}%, {lead:.1f} points above the fixed rate" in text
         assert f"({pct(n_curve[n_end['step']])}%)" in text
