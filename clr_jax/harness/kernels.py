@@ -416,10 +416,8 @@ def lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75, *,
     """
     if fast and lrn_custom_gradient():
         return _lrn_fast(x, float(alpha), float(beta))
-    squares = (separable_window3x3(x * x, 1, _SAME3, jnp.add, 0.0) if fast else
-               jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1),
-                                     _SAME3))
-    scale = 1 + (alpha / 9) * squares
+    scale = _lrn_scale(x, alpha) if fast else 1 + (alpha / 9) * jax.lax.reduce_window(
+        x * x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), _SAME3)
     return x * _lrn_power(scale, beta, fast)
 
 
