@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from clr_jax import _backend
-from clr_jax.harness import kernels
+from clr_jax.harness import kernels, native
 from clr_jax.harness.data import load_dataset
 from clr_jax.harness.train import TrainConfig, Trainer
 
@@ -38,15 +38,23 @@ def conv_spectral(x, kernel):
 class TestFastKernels:
     """The CPU kernels of the Caffe net change speed, not numerics."""
 
-    @pytest.mark.parametrize("separable", [False, True])
+    @pytest.mark.parametrize("route", ["masked", "separable", "native"])
     @pytest.mark.parametrize("h, w", [(32, 32), (16, 16), (7, 9), (8, 5), (3, 4), (4, 3), (2, 3)])
-    def test_max_pool_gradient_is_caffes_first_max(self, h, w, separable, monkeypatch):
-        # both routings (the separable one is what AVX-512 CPUs run) against a loop
+    def test_max_pool_gradient_is_caffes_first_max(self, h, w, route, monkeypatch):
+        # the three routings (AVX-512 CPUs run the native kernels where they build, else
+        # the separable one) against a loop
+        separable = route == "separable"
+        if route == "native" and not native.available():
+            pytest.skip("the native kernels cannot be built here (no C++ compiler)")
         monkeypatch.setattr(_backend, "cpu_has_avx512", lambda: separable)
+        monkeypatch.setattr(kernels, "native_max_pool", lambda: route == "native")
         assert kernels.separable_max_pool_gradient() == separable
         rng = np.random.default_rng(h * w)
         x0 = jnp.zeros((1, h, w, 1))  # the separable routing keeps the column maxima too
         assert len(kernels._max_pool_fwd(x0)[1]) == (3 if separable else 2)
+        uses_native = any(e.primitive.name == "ffi_call" for e in _equations(
+            jax.make_jaxpr(jax.grad(lambda x: kernels.max_pool_ceil_fast(x).sum()))(x0).jaxpr))
+        assert uses_native == (route == "native")
         x = rng.integers(0, 4, (2, h, w, 3)).astype(np.float32)  # many ties
         y = np.asarray(kernels.max_pool_ceil(jnp.asarray(x)))
         g = rng.normal(size=y.shape).astype(np.float32)

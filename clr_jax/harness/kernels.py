@@ -38,6 +38,7 @@ __all__ = [
     "lrn_within_channel",
     "max_pool_ceil",
     "max_pool_ceil_fast",
+    "native_max_pool",
     "resolve",
     "separable_max_pool_gradient",
 ]
@@ -109,19 +110,62 @@ def avg_pool_ceil(x: jax.Array, *, fast: bool = False) -> jax.Array:
     return total / count
 
 
-@jax.custom_vjp
 def max_pool_ceil_fast(x: jax.Array) -> jax.Array:
     """`max_pool_ceil` whose gradient goes to the first maximum of each window (in
-    row-major order, as Caffe's); the maxima themselves from separable shifted slices.
+    row-major order, as Caffe's).
 
     Autodiff of ``reduce_window(max)`` tracks argmax indices through a variadic
     reduce_window, which XLA's CPU backend runs ~4x slower than the whole rest of the
-    pooling (benchmarks/RESULTS.md). The gradient is routed in one of two equal ways
-    (`separable_max_pool_gradient`): through the 9 strided window slices, each masked
-    by the windows before it, or in two separable passes, first to the first row of
-    the window holding its maximum, then to that row's first maximal column (the same
-    cell: the first maximum in row-major order).
+    pooling (benchmarks/RESULTS.md). Where `native_max_pool` says so, forward and
+    gradient are the native CPU kernels (`clr_jax.harness.native`): the maxima with
+    each window's first-maximum position, and the gradient placed by it in one pass.
+    Otherwise the maxima come from separable shifted slices and the gradient is routed
+    in one of two equal ways (`separable_max_pool_gradient`): through the 9 strided
+    window slices, each masked by the windows before it, or in two separable passes,
+    first to the first row of the window holding its maximum, then to that row's first
+    maximal column (the same cell: the first maximum in row-major order).
     """
+    if x.dtype == jnp.float32 and native_max_pool():
+        return _max_pool_native(x, (x.shape[-3], x.shape[-2]))
+    return _max_pool_xla(x)
+
+
+def native_max_pool() -> bool:
+    """Whether `max_pool_ceil_fast` runs as the native CPU kernels: on a CPU with AVX-512,
+    where they were measured faster (benchmarks/max_pool_native_cpu.py), when they can be
+    built there (`clr_jax.harness.native.available`); elsewhere, where they were not
+    measured, the XLA forms stay."""
+    from clr_jax.harness import native
+
+    return _backend.on_cpu() and _backend.cpu_has_avx512() and native.available()
+
+
+def _pooled_size(size: tuple[int, int]) -> tuple[int, int]:
+    return tuple((n - 3 + -(n - 3) % 2) // 2 + 1 for n in size)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_native(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    return _max_pool_native_fwd(x, size)[0]
+
+
+def _max_pool_native_fwd(x, size):
+    from clr_jax.harness import native
+
+    return native.max_pool(x, (3, 3), (2, 2), _pooled_size(size))
+
+
+def _max_pool_native_bwd(size, index, g):
+    from clr_jax.harness import native
+
+    return (native.max_pool_gradient(index, g, (3, 3), (2, 2), size),)
+
+
+_max_pool_native.defvjp(_max_pool_native_fwd, _max_pool_native_bwd)
+
+
+@jax.custom_vjp
+def _max_pool_xla(x: jax.Array) -> jax.Array:
     return max_pool_ceil(x)
 
 
@@ -211,7 +255,7 @@ def _masked_windows_route(x: jax.Array, y: jax.Array, g: jax.Array) -> jax.Array
     return dx.reshape(n, 2 * oh + 2, 2 * ow + 2, c)[:, :h, :w, :]
 
 
-max_pool_ceil_fast.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_xla.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 # -- the 5x5 "same" convolution as a product of spectra ---------------------------------------
