@@ -35,6 +35,20 @@ def conv_spectral(x, kernel):
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def use_native(on: bool, names, monkeypatch) -> None:
+    """The fast kernels ``names`` as native CPU kernels (skipped where they cannot be
+    built), or none of them."""
+    if on and not native.available():
+        pytest.skip("the native kernels cannot be built here (no C++ compiler)")
+    monkeypatch.setattr(kernels, "native_kernel", lambda name: on and name in names)
+
+
+def calls_native(f, x) -> bool:
+    """Whether f's gradient calls a native kernel."""
+    return any(e.primitive.name == "ffi_call" for e in _equations(
+        jax.make_jaxpr(jax.grad(lambda x: f(x).sum()))(x).jaxpr))
+
+
 class TestFastKernels:
     """The CPU kernels of the Caffe net change speed, not numerics."""
 
@@ -44,17 +58,13 @@ class TestFastKernels:
         # the three routings (AVX-512 CPUs run the native kernels where they build, else
         # the separable one) against a loop
         separable = route == "separable"
-        if route == "native" and not native.available():
-            pytest.skip("the native kernels cannot be built here (no C++ compiler)")
+        use_native(route == "native", "max_pool", monkeypatch)
         monkeypatch.setattr(_backend, "cpu_has_avx512", lambda: separable)
-        monkeypatch.setattr(kernels, "native_max_pool", lambda: route == "native")
         assert kernels.separable_max_pool_gradient() == separable
         rng = np.random.default_rng(h * w)
         x0 = jnp.zeros((1, h, w, 1))  # the separable routing keeps the column maxima too
         assert len(kernels._max_pool_fwd(x0)[1]) == (3 if separable else 2)
-        uses_native = any(e.primitive.name == "ffi_call" for e in _equations(
-            jax.make_jaxpr(jax.grad(lambda x: kernels.max_pool_ceil_fast(x).sum()))(x0).jaxpr))
-        assert uses_native == (route == "native")
+        assert calls_native(kernels.max_pool_ceil_fast, x0) == (route == "native")
         x = rng.integers(0, 4, (2, h, w, 3)).astype(np.float32)  # many ties
         y = np.asarray(kernels.max_pool_ceil(jnp.asarray(x)))
         g = rng.normal(size=y.shape).astype(np.float32)
@@ -86,12 +96,15 @@ class TestFastKernels:
             np.testing.assert_allclose(written[1](g)[0], derived[1](g)[0], rtol=1e-12,
                                        atol=1e-14)
 
-    @pytest.mark.parametrize("written", [False, True])
-    def test_lrn_square_roots_equal_the_power(self, written, monkeypatch):
-        monkeypatch.setattr(kernels, "lrn_custom_gradient", lambda: written)
+    @pytest.mark.parametrize("form", ["derived", "written", "native"])
+    def test_lrn_square_roots_equal_the_power(self, form, monkeypatch):
+        use_native(form == "native", "lrn", monkeypatch)
+        monkeypatch.setattr(kernels, "lrn_custom_gradient", lambda: form == "written")
         x = jax.random.normal(jax.random.key(3), (2, 9, 7, 5)) * 30
         g = jax.random.normal(jax.random.key(4), x.shape)
         fast = jax.vjp(lambda x: kernels.lrn_within_channel(x, fast=True), x)
+        assert calls_native(lambda x: kernels.lrn_within_channel(x, fast=True), x) == (
+            form == "native")
         plain = jax.vjp(kernels.lrn_within_channel, x)
         np.testing.assert_allclose(fast[0], plain[0], rtol=2e-6)
         np.testing.assert_allclose(fast[1](g)[0], plain[1](g)[0], rtol=1e-5, atol=1e-6)
@@ -100,6 +113,18 @@ class TestFastKernels:
         padded = np.pad(x64 ** 2, ((0, 0), (1, 1), (1, 1), (0, 0)))
         sums = sum(padded[:, i:i + 9, j:j + 7] for i in range(3) for j in range(3))
         np.testing.assert_allclose(fast[0], x64 * (1 + 5e-5 / 9 * sums) ** -0.75, rtol=2e-6)
+
+    @pytest.mark.parametrize("native_form", [False, True])
+    @pytest.mark.parametrize("h, w", [(16, 16), (8, 8), (7, 9), (4, 3)])
+    def test_fast_avg_pool_equals_reduce_window(self, h, w, native_form, monkeypatch):
+        use_native(native_form, "avg_pool", monkeypatch)
+        x = jax.random.normal(jax.random.key(7), (2, h, w, 3))
+        fast = jax.vjp(lambda x: kernels.avg_pool_ceil(x, fast=True), x)
+        plain = jax.vjp(kernels.avg_pool_ceil, x)
+        assert calls_native(lambda x: kernels.avg_pool_ceil(x, fast=True), x) == native_form
+        g = jax.random.normal(jax.random.key(8), plain[0].shape)
+        np.testing.assert_allclose(fast[0], plain[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(fast[1](g)[0], plain[1](g)[0], rtol=1e-6, atol=1e-6)
 
     @pytest.mark.parametrize("shape, kernel_shape", [
         ((3, 16, 16, 32), (5, 5, 32, 32)), ((2, 8, 8, 32), (5, 5, 32, 64)),
@@ -246,7 +271,9 @@ class TestFastKernels:
             jax.jit(pool_relu, compiler_options=kernels.YNN_REDUCE_ELTWISE)(y),
             jax.nn.relu(kernels.max_pool_ceil(y)))
 
-    def test_training_curve_matches_the_plain_kernels(self, monkeypatch):
+    @pytest.mark.parametrize("native_form", [False, True])
+    def test_training_curve_matches_the_plain_kernels(self, native_form, monkeypatch):
+        use_native(native_form, kernels.NATIVE, monkeypatch)
         data = load_dataset("sample")
         schedule = {"policy": "triangular", "base_lr": 0.001, "max_lr": 0.006, "step_size": 4}
 

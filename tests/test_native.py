@@ -199,3 +199,71 @@ def test_chunks_do_not_change_results():
         index = native.max_pool(x[:n], (3, 3), (2, 2), (5, 5))[1]
         together = native.max_pool_gradient(index, g[:n], (3, 3), (2, 2), (11, 10))
         np.testing.assert_array_equal(together, np.concatenate(alone[:n]))
+
+
+@pytest.mark.parametrize("shape, window, strides", CASES)
+def test_avg_pool_and_gradient_equal_loops(shape, window, strides):
+    """Each window's sum over its entries inside the input, divided by their number;
+    the gradient gives each entry its windows' shares."""
+    (kh, kw), (sh, sw) = window, strides
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = rng.normal(size=shape).astype(np.float32)
+    h, w = shape[-3:-1]
+    out = tuple(pooled(n, k, s) for n, k, s in zip((h, w), window, strides))
+    y = np.asarray(native.avg_pool(jnp.asarray(x), window, strides, out))
+    g = rng.normal(size=y.shape).astype(np.float32)
+    dx = np.asarray(native.avg_pool_gradient(jnp.asarray(g), window, strides, (h, w)))
+    want_y, want_dx = np.zeros(y.shape), np.zeros(x.shape)
+    for *b, a, bb in np.ndindex(*y.shape[:-1]):
+        rows = slice(a * sh, min(a * sh + kh, h))
+        cols = slice(bb * sw, min(bb * sw + kw, w))
+        count = (rows.stop - rows.start) * (cols.stop - cols.start)
+        want_y[(*b, a, bb)] = x[(*b, rows, cols)].astype(np.float64).sum((0, 1)) / count
+        want_dx[(*b, rows, cols)] += g[(*b, a, bb)] / count
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha, beta, size", [(5e-5, 0.75, 3), (0.3, 0.75, 3),
+                                               (0.5, 0.6, 3), (0.2, 0.75, 5), (1.0, 0.5, 1)])
+def test_lrn_and_gradient_equal_float64_references(alpha, beta, size):
+    """Forward against the formula in float64 NumPy; gradient against JAX's float64
+    derivative of a reduce_window form, with alphas large enough that the window term
+    of the gradient matters."""
+    rng = np.random.default_rng(size)
+    x = (rng.normal(size=(2, 7, 9, 5)) * 3).astype(np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    r = size // 2
+    x64 = x.astype(np.float64)
+    padded = np.pad(x64 ** 2, ((0, 0), (r, r), (r, r), (0, 0)))
+    sums = sum(padded[:, i:i + 7, j:j + 9] for i in range(size) for j in range(size))
+    want = x64 * (1 + alpha / size ** 2 * sums) ** -beta
+    np.testing.assert_allclose(native.lrn(jnp.asarray(x), alpha, beta, size), want,
+                               rtol=2e-6, atol=1e-7)
+    with jax.enable_x64(True):
+        def lrn64(x):
+            window = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, size, size, 1),
+                                           (1, 1, 1, 1), ((0, 0), (r, r), (r, r), (0, 0)))
+            return x * (1 + alpha / size ** 2 * window) ** -beta
+        want_dx = np.asarray(jax.vjp(lrn64, jnp.asarray(x64))[1](jnp.asarray(g, jnp.float64))[0])
+    dx = np.asarray(native.lrn_gradient(jnp.asarray(x), jnp.asarray(g), alpha, beta, size))
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5 * np.abs(want_dx).max())
+    with pytest.raises(ValueError, match="odd"):
+        native.lrn(jnp.asarray(x), alpha, beta, 4)
+    with pytest.raises(ValueError, match="shape"):
+        native.lrn_gradient(jnp.asarray(x), jnp.asarray(g[:1]), alpha, beta, size)
+
+
+def test_layers_under_vmap_equal_the_members():
+    rng = np.random.default_rng(2)
+    xs = jnp.asarray(rng.normal(size=(3, 2, 9, 8, 4)).astype(np.float32))
+    gs = jnp.asarray(rng.normal(size=(3, 2, 4, 4, 4)).astype(np.float32))
+
+    def step(x, g):
+        y = native.avg_pool(native.lrn(x, 0.3, 0.75), (3, 3), (2, 2), (4, 4))
+        return y, native.lrn_gradient(x, native.avg_pool_gradient(g, (3, 3), (2, 2), (9, 8)),
+                                      0.3, 0.75)
+
+    batched = jax.jit(jax.vmap(step))(xs, gs)
+    for got, want in zip(batched, zip(*[step(x, g) for x, g in zip(xs, gs)])):
+        np.testing.assert_array_equal(got, np.stack(want))

@@ -38,7 +38,8 @@ __all__ = [
     "lrn_within_channel",
     "max_pool_ceil",
     "max_pool_ceil_fast",
-    "native_max_pool",
+    "NATIVE",
+    "native_kernel",
     "resolve",
     "separable_max_pool_gradient",
 ]
@@ -95,8 +96,11 @@ def separable_window3x3(x: jax.Array, stride: int, pads, op, fill) -> jax.Array:
 
 def avg_pool_ceil(x: jax.Array, *, fast: bool = False) -> jax.Array:
     """3x3 stride-2 average pooling with Caffe's output size, dividing by the number of
-    real pixels in each window; with ``fast`` the sums are separable shifted slices."""
+    real pixels in each window; with ``fast`` the sums are separable shifted slices, or
+    the native CPU kernel where `native_kernel` says so."""
     window, strides, padding = (1, 3, 3, 1), (1, 2, 2, 1), ceil_padding(x)
+    if fast and x.dtype == jnp.float32 and native_kernel("avg_pool"):
+        return _avg_pool_native(x, (x.shape[-3], x.shape[-2]))
     if fast:
         total = separable_window3x3(x, 2, padding, jnp.add, 0.0)
         # real pixels per window, a constant: 3 except where the window leaves the image
@@ -116,7 +120,7 @@ def max_pool_ceil_fast(x: jax.Array) -> jax.Array:
 
     Autodiff of ``reduce_window(max)`` tracks argmax indices through a variadic
     reduce_window, which XLA's CPU backend runs ~4x slower than the whole rest of the
-    pooling (benchmarks/RESULTS.md). Where `native_max_pool` says so, forward and
+    pooling (benchmarks/RESULTS.md). Where `native_kernel` says so, forward and
     gradient are the native CPU kernels (`clr_jax.harness.native`): the maxima with
     each window's first-maximum position, and the gradient placed by it in one pass.
     Otherwise the maxima come from separable shifted slices and the gradient is routed
@@ -125,19 +129,27 @@ def max_pool_ceil_fast(x: jax.Array) -> jax.Array:
     first to the first row of the window holding its maximum, then to that row's first
     maximal column (the same cell: the first maximum in row-major order).
     """
-    if x.dtype == jnp.float32 and native_max_pool():
+    if x.dtype == jnp.float32 and native_kernel("max_pool"):
         return _max_pool_native(x, (x.shape[-3], x.shape[-2]))
     return _max_pool_xla(x)
 
 
-def native_max_pool() -> bool:
-    """Whether `max_pool_ceil_fast` runs as the native CPU kernels: on a CPU with AVX-512,
-    where they were measured faster (benchmarks/max_pool_native_cpu.py), when they can be
-    built there (`clr_jax.harness.native.available`); elsewhere, where they were not
+# The fast kernels that run as native CPU kernels (`clr_jax.harness.native`) where
+# `native_kernel` says so.
+NATIVE = ("max_pool", "avg_pool", "lrn")
+
+
+def native_kernel(name: str) -> bool:
+    """Whether the fast kernel ``name`` (one of `NATIVE`: ``"max_pool"`` for
+    `max_pool_ceil_fast`, ``"avg_pool"`` for `avg_pool_ceil`, ``"lrn"`` for
+    `lrn_within_channel`) runs as a native CPU kernel: on a CPU with AVX-512, where they
+    were measured faster (benchmarks/native_kernels_cpu.py), when they can be built
+    there (`clr_jax.harness.native.available`); elsewhere, where they were not
     measured, the XLA forms stay."""
     from clr_jax.harness import native
 
-    return _backend.on_cpu() and _backend.cpu_has_avx512() and native.available()
+    return (name in NATIVE and _backend.on_cpu() and _backend.cpu_has_avx512()
+            and native.available())
 
 
 def _pooled_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -162,6 +174,26 @@ def _max_pool_native_bwd(size, index, g):
 
 
 _max_pool_native.defvjp(_max_pool_native_fwd, _max_pool_native_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _avg_pool_native(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    from clr_jax.harness import native
+
+    return native.avg_pool(x, (3, 3), (2, 2), _pooled_size(size))
+
+
+def _avg_pool_native_fwd(x, size):
+    return _avg_pool_native(x, size), None
+
+
+def _avg_pool_native_bwd(size, _, g):
+    from clr_jax.harness import native
+
+    return (native.avg_pool_gradient(g, (3, 3), (2, 2), size),)
+
+
+_avg_pool_native.defvjp(_avg_pool_native_fwd, _avg_pool_native_bwd)
 
 
 @jax.custom_vjp
@@ -455,9 +487,13 @@ def lrn_within_channel(x: jax.Array, alpha: float = 5e-5, beta: float = 0.75, *,
     With ``fast`` the window sums are separable shifted slices, and for the usual beta =
     0.75 the power is rsqrt(s) * sqrt(rsqrt(s)): two square roots instead of an
     exponential and a logarithm, forward and backward; equal to the power up to
-    rounding. Where `lrn_custom_gradient` says so, the fast form's gradient is written
-    out (`_lrn_fast`): the same gradient up to rounding.
+    rounding. Where `native_kernel` says so, the fast form is the native CPU kernel
+    (the same square roots, its gradient written out as in `_lrn_fast`); else, where
+    `lrn_custom_gradient` says so, the fast form's gradient is written out
+    (`_lrn_fast`): the same gradient up to rounding.
     """
+    if fast and x.dtype == jnp.float32 and native_kernel("lrn"):
+        return _lrn_native(x, float(alpha), float(beta))
     if fast and lrn_custom_gradient():
         return _lrn_fast(x, float(alpha), float(beta))
     scale = _lrn_scale(x, alpha) if fast else 1 + (alpha / 9) * jax.lax.reduce_window(
@@ -513,6 +549,26 @@ def _lrn_fast_bwd(alpha, beta, residuals, g):
 
 
 _lrn_fast.defvjp(_lrn_fast_fwd, _lrn_fast_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _lrn_native(x: jax.Array, alpha: float, beta: float) -> jax.Array:
+    from clr_jax.harness import native
+
+    return native.lrn(x, alpha, beta)
+
+
+def _lrn_native_fwd(x, alpha, beta):
+    return _lrn_native(x, alpha, beta), x
+
+
+def _lrn_native_bwd(alpha, beta, x, g):
+    from clr_jax.harness import native
+
+    return (native.lrn_gradient(x, g, alpha, beta),)
+
+
+_lrn_native.defvjp(_lrn_native_fwd, _lrn_native_bwd)
 
 
 # -- XLA compiler options -----------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Native CPU kernels for what XLA's CPU backend has no fast form of: max pooling that
-keeps each window's first-maximum position for its gradient (``csrc/pooling.cc``).
+"""Native CPU kernels for what XLA's CPU backend runs as many passes: max pooling that
+keeps each window's first-maximum position for its gradient, average pooling and
+Caffe's within-channel LRN, each with its gradient (``csrc/cpu_kernels.cc``).
 
 XLA's CPU backend has no operation that places a window's share at a position chosen
 per entry in one pass: the gradient of a max pool becomes several masked, padded and
-summed passes over the input (benchmarks/RESULTS.md). The kernels here are XLA FFI
+summed passes over the input, and each window sum's gradient a pad per shifted slice
+(benchmarks/RESULTS.md). The kernels here are XLA FFI
 handlers, called from inside the compiled program like any operation, written in C++
 and compiled with the machine's own C++ compiler (``$CXX``, else ``c++``, ``g++`` or
 ``clang++``) on first use, for the processor it runs on (``-march=native``; under
@@ -33,11 +35,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["NativeBuildError", "available", "build", "max_pool", "max_pool_gradient"]
+__all__ = ["NativeBuildError", "available", "avg_pool", "avg_pool_gradient", "build", "lrn",
+           "lrn_gradient", "max_pool", "max_pool_gradient"]
 
-SOURCE = Path(__file__).with_name("csrc") / "pooling.cc"
-_HANDLERS = {"clr_jax_max_pool_forward": "ClrJaxMaxPoolForward",
-             "clr_jax_max_pool_backward": "ClrJaxMaxPoolBackward"}
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cc"
+_HANDLERS = {f"clr_jax_{name}_{way}": f"ClrJax{symbol}{way.title()}"
+             for name, symbol in (("max_pool", "MaxPool"), ("avg_pool", "AvgPool"),
+                                  ("lrn", "Lrn"))
+             for way in ("forward", "backward")}
 
 
 class NativeBuildError(RuntimeError):
@@ -55,8 +60,8 @@ def compiler() -> str | None:
 
 def _flags() -> list[str]:
     held = "--xla_cpu_max_isa=avx2" in os.environ.get("XLA_FLAGS", "").lower()
-    return ["-O3", "-march=x86-64-v3" if held else "-march=native", "-std=c++17",
-            "-shared", "-fPIC"]
+    return ["-O3", "-march=x86-64-v3" if held else "-march=native", "-fno-math-errno",
+            "-std=c++17", "-shared", "-fPIC"]
 
 
 def build(directory: str | os.PathLike | None = None) -> Path:
@@ -119,10 +124,14 @@ def available() -> bool:
     return True
 
 
-def _check(x: jax.Array, window, strides) -> tuple[int, int, int, int]:
+def _float32_images(x: jax.Array, what: str) -> None:
     if x.ndim < 3 or x.dtype != jnp.float32:
-        raise ValueError(f"native max pooling takes float32 arrays (..., H, W, C); got "
+        raise ValueError(f"native {what} takes float32 arrays (..., H, W, C); got "
                          f"{x.dtype} of shape {x.shape}")
+
+
+def _check(x: jax.Array, window, strides, what: str = "pooling") -> tuple[int, int, int, int]:
+    _float32_images(x, what)
     (kh, kw), (sh, sw) = window, strides
     if min(kh, kw, sh, sw) < 1 or kh * kw > 127:
         raise ValueError(f"window {window} and strides {strides}: each at least 1, and at "
@@ -134,6 +143,15 @@ def _attributes(kh, kw, sh, sw) -> dict:
     return {"kh": np.int64(kh), "kw": np.int64(kw), "sh": np.int64(sh), "sw": np.int64(sw)}
 
 
+def _pooled_shape(x, output_size, sh, sw) -> tuple[int, ...]:
+    oh, ow = output_size
+    h, w = x.shape[-3], x.shape[-2]
+    if not (0 < oh and 0 < ow and (oh - 1) * sh < h and (ow - 1) * sw < w):
+        raise ValueError(f"output size {output_size}: every window must start inside the "
+                         f"{h}x{w} input")
+    return (*x.shape[:-3], oh, ow, x.shape[-1])
+
+
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
              output_size: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
     """Max pooling of ``x`` (..., H, W, C) to ``output_size`` (OH, OW): each output entry
@@ -142,12 +160,7 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
     (i * window width + j) of each window's first maximum in row-major order, which
     `max_pool_gradient` routes the gradient to. Needs `available`."""
     kh, kw, sh, sw = _check(x, window, strides)
-    oh, ow = output_size
-    h, w = x.shape[-3], x.shape[-2]
-    if not (0 < oh and 0 < ow and (oh - 1) * sh < h and (ow - 1) * sw < w):
-        raise ValueError(f"output size {output_size}: every window must start inside the "
-                         f"{h}x{w} input")
-    shape = (*x.shape[:-3], oh, ow, x.shape[-1])
+    shape = _pooled_shape(x, output_size, sh, sw)
     call = jax.ffi.ffi_call("clr_jax_max_pool_forward",
                             (jax.ShapeDtypeStruct(shape, jnp.float32),
                              jax.ShapeDtypeStruct(shape, jnp.int8)),
@@ -170,3 +183,58 @@ def max_pool_gradient(index: jax.Array, g: jax.Array, window: tuple[int, int],
                             jax.ShapeDtypeStruct(shape, jnp.float32),
                             vmap_method="broadcast_all")
     return call(index, g, **_attributes(kh, kw, sh, sw))
+
+
+def avg_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+             output_size: tuple[int, int]) -> jax.Array:
+    """Average pooling of ``x`` (..., H, W, C) to ``output_size``: each window's sum over
+    its entries inside the input, divided by their number (Caffe's rounded-up output
+    size, as `clr_jax.harness.kernels.avg_pool_ceil`). Needs `available`."""
+    kh, kw, sh, sw = _check(x, window, strides)
+    call = jax.ffi.ffi_call("clr_jax_avg_pool_forward",
+                            jax.ShapeDtypeStruct(_pooled_shape(x, output_size, sh, sw),
+                                                 jnp.float32), vmap_method="broadcast_all")
+    return call(x, **_attributes(kh, kw, sh, sw))
+
+
+def avg_pool_gradient(g: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+                      input_size: tuple[int, int]) -> jax.Array:
+    """The adjoint of `avg_pool`: each input entry gets its windows' cotangents, each
+    divided by its window's number of entries, summed in the windows' row-major order."""
+    kh, kw, sh, sw = _check(g, window, strides)
+    shape = (*g.shape[:-3], *input_size, g.shape[-1])
+    _pooled_shape(jax.ShapeDtypeStruct(shape, g.dtype), g.shape[-3:-1], sh, sw)
+    call = jax.ffi.ffi_call("clr_jax_avg_pool_backward", jax.ShapeDtypeStruct(shape, jnp.float32),
+                            vmap_method="broadcast_all")
+    return call(g, **_attributes(kh, kw, sh, sw))
+
+
+def _lrn_attributes(alpha: float, beta: float, size: int) -> dict:
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"LRN size {size}: an odd number of rows and columns")
+    return {"size": np.int64(size), "a": np.float32(alpha / size ** 2),
+            "beta": np.float32(beta)}
+
+
+def lrn(x: jax.Array, alpha: float, beta: float, size: int = 3) -> jax.Array:
+    """Caffe's within-channel LRN of ``x`` (..., H, W, C): x (1 + alpha / size^2 * the
+    sum of x^2 over the size x size window around each entry, zero padded)^-beta.
+    Needs `available`."""
+    _float32_images(x, "LRN")
+    call = jax.ffi.ffi_call("clr_jax_lrn_forward", jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                            vmap_method="broadcast_all")
+    return call(x, **_lrn_attributes(alpha, beta, size))
+
+
+def lrn_gradient(x: jax.Array, g: jax.Array, alpha: float, beta: float,
+                 size: int = 3) -> jax.Array:
+    """The gradient of `lrn` at ``x`` applied to ``g``: with s the scale and W the window
+    sum, g s^-beta - (2 alpha beta / size^2) x W(g x s^-beta / s), s recomputed from x."""
+    _float32_images(x, "LRN")
+    if g.shape != x.shape or g.dtype != x.dtype:
+        raise ValueError(f"g must have x's shape and dtype {x.shape} {x.dtype}; got "
+                         f"{g.shape} {g.dtype}")
+    call = jax.ffi.ffi_call("clr_jax_lrn_backward", jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                            vmap_method="broadcast_all")
+    return call(x, g, coefficient=np.float32(2 * alpha * beta / size ** 2),
+                **_lrn_attributes(alpha, beta, size))
