@@ -34,6 +34,7 @@
 #include <limits>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -77,6 +78,18 @@ void ForImages(ffi::ThreadPool& pool, int64_t n, const Body& body) {
   while (progress->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
 }
 
+// run(std::integral_constant<int64_t, C>) with C the channel count where it is a common
+// one (the compiler then keeps a window's channels in registers), else 0 (any count).
+template <typename Run>
+void ByChannels(int64_t c, const Run& run) {
+  switch (c) {
+    case 16: return run(std::integral_constant<int64_t, 16>());
+    case 32: return run(std::integral_constant<int64_t, 32>());
+    case 64: return run(std::integral_constant<int64_t, 64>());
+    default: return run(std::integral_constant<int64_t, 0>());
+  }
+}
+
 ffi::Error Shape(ffi::Span<const int64_t> in, ffi::Span<const int64_t> out, int64_t kh,
                  int64_t kw, int64_t sh, int64_t sw, Geometry* g) {
   const size_t rank = in.size();
@@ -102,9 +115,10 @@ ffi::Error Shape(ffi::Span<const int64_t> in, ffi::Span<const int64_t> out, int6
   return ffi::Error::Success();
 }
 
+template <int64_t kC>
 void MaxForward(const Geometry& g, const float* __restrict x, float* __restrict y,
              int8_t* __restrict index, int64_t first, int64_t last) {
-  const int64_t c = g.c;
+  const int64_t c = kC ? kC : g.c;
   for (int64_t n = first; n < last; ++n) {
     const float* image = x + n * g.h * g.w * c;
     for (int64_t oy = 0; oy < g.oh; ++oy) {
@@ -133,12 +147,13 @@ void MaxForward(const Geometry& g, const float* __restrict x, float* __restrict 
   }
 }
 
+template <int64_t kC>
 void MaxBackward(const Geometry& g, const int8_t* __restrict index, const float* __restrict gy,
               float* __restrict dx, int64_t first, int64_t last) {
   // Gathered per input entry (each written once, no zeroing pass), from the windows
   // that hold it in row-major order: the same sums, in the same order, as adding each
   // window's shares in turn to a zeroed input.
-  const int64_t c = g.c;
+  const int64_t c = kC ? kC : g.c;
   for (int64_t n = first; n < last; ++n) {
     for (int64_t yy = 0; yy < g.h; ++yy) {
       // windows oy with oy * sh <= yy < oy * sh + kh
@@ -163,9 +178,10 @@ void MaxBackward(const Geometry& g, const int8_t* __restrict index, const float*
   }
 }
 
+template <int64_t kC>
 void AvgForward(const Geometry& g, const float* __restrict x, float* __restrict y,
                 int64_t first, int64_t last) {
-  const int64_t c = g.c;
+  const int64_t c = kC ? kC : g.c;
   for (int64_t n = first; n < last; ++n) {
     const float* image = x + n * g.h * g.w * c;
     for (int64_t oy = 0; oy < g.oh; ++oy) {
@@ -187,9 +203,10 @@ void AvgForward(const Geometry& g, const float* __restrict x, float* __restrict 
   }
 }
 
+template <int64_t kC>
 void AvgBackward(const Geometry& g, const float* __restrict gy, float* __restrict dx,
                  int64_t first, int64_t last) {
-  const int64_t c = g.c;
+  const int64_t c = kC ? kC : g.c;
   for (int64_t n = first; n < last; ++n) {
     for (int64_t yy = 0; yy < g.h; ++yy) {
       const int64_t oy0 = yy < g.kh ? 0 : (yy - g.kh) / g.sh + 1;
@@ -235,8 +252,9 @@ ffi::Error LrnShape(ffi::Span<const int64_t> in, ffi::Span<const int64_t> out, i
 }
 
 // s = 1 + a * (window sum of x^2) at every entry of one image, into `scale`.
+template <int64_t kC>
 void LrnScale(const Lrn& l, const float* __restrict x, float* __restrict scale) {
-  const int64_t c = l.c, r = l.size / 2;
+  const int64_t c = kC ? kC : l.c, r = l.size / 2;
   for (int64_t yy = 0; yy < l.h; ++yy) {
     for (int64_t xx = 0; xx < l.w; ++xx) {
       float* __restrict s = scale + (yy * l.w + xx) * c;
@@ -264,12 +282,13 @@ void LrnPower(const Lrn& l, float* __restrict s, int64_t count) {
   }
 }
 
+template <int64_t kC>
 void LrnForward(const Lrn& l, const float* __restrict x, float* __restrict y, int64_t first,
                 int64_t last) {
   const int64_t entries = l.h * l.w * l.c;
   std::vector<float> power(entries);
   for (int64_t n = first; n < last; ++n) {
-    LrnScale(l, x + n * entries, power.data());
+    LrnScale<kC>(l, x + n * entries, power.data());
     LrnPower(l, power.data(), entries);
     const float* __restrict in = x + n * entries;
     float* __restrict out = y + n * entries;
@@ -277,15 +296,16 @@ void LrnForward(const Lrn& l, const float* __restrict x, float* __restrict y, in
   }
 }
 
+template <int64_t kC>
 void LrnBackward(const Lrn& l, const float* __restrict x, const float* __restrict gy,
                  float* __restrict dx, int64_t first, int64_t last) {
-  const int64_t entries = l.h * l.w * l.c, c = l.c, r = l.size / 2;
+  const int64_t entries = l.h * l.w * l.c, c = kC ? kC : l.c, r = l.size / 2;
   std::vector<float> scale(entries), power(entries), t(entries);
   for (int64_t n = first; n < last; ++n) {
     const float* __restrict in = x + n * entries;
     const float* __restrict g = gy + n * entries;
     float* __restrict out = dx + n * entries;
-    LrnScale(l, in, scale.data());
+    LrnScale<kC>(l, in, scale.data());
     std::copy(scale.begin(), scale.end(), power.begin());
     LrnPower(l, power.data(), entries);
     for (int64_t i = 0; i < entries; ++i) t[i] = g[i] * (in[i] * power[i]) / scale[i];
@@ -318,8 +338,11 @@ ffi::Error MaxPoolForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* in = x.typed_data();
   float* out = y->typed_data();
   int8_t* where = index->typed_data();
-  ForImages(pool, g.images,
-            [&g, in, out, where](int64_t a, int64_t b) { MaxForward(g, in, out, where, a, b); });
+  ByChannels(g.c, [&](auto k) {
+    ForImages(pool, g.images, [&g, in, out, where](int64_t a, int64_t b) {
+      MaxForward<decltype(k)::value>(g, in, out, where, a, b);
+    });
+  });
   return ffi::Error::Success();
 }
 
@@ -334,8 +357,10 @@ ffi::Error MaxPoolBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> index,
   const int8_t* where = index.typed_data();
   const float* share = gy.typed_data();
   float* out = dx->typed_data();
-  ForImages(pool, g.images, [&g, where, share, out](int64_t a, int64_t b) {
-    MaxBackward(g, where, share, out, a, b);
+  ByChannels(g.c, [&](auto k) {
+    ForImages(pool, g.images, [&g, where, share, out](int64_t a, int64_t b) {
+      MaxBackward<decltype(k)::value>(g, where, share, out, a, b);
+    });
   });
   return ffi::Error::Success();
 }
@@ -349,7 +374,11 @@ ffi::Error AvgPoolForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   }
   const float* in = x.typed_data();
   float* out = y->typed_data();
-  ForImages(pool, g.images, [&g, in, out](int64_t a, int64_t b) { AvgForward(g, in, out, a, b); });
+  ByChannels(g.c, [&](auto k) {
+    ForImages(pool, g.images, [&g, in, out](int64_t a, int64_t b) {
+      AvgForward<decltype(k)::value>(g, in, out, a, b);
+    });
+  });
   return ffi::Error::Success();
 }
 
@@ -363,8 +392,11 @@ ffi::Error AvgPoolBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gy,
   }
   const float* share = gy.typed_data();
   float* out = dx->typed_data();
-  ForImages(pool, g.images,
-            [&g, share, out](int64_t a, int64_t b) { AvgBackward(g, share, out, a, b); });
+  ByChannels(g.c, [&](auto k) {
+    ForImages(pool, g.images, [&g, share, out](int64_t a, int64_t b) {
+      AvgBackward<decltype(k)::value>(g, share, out, a, b);
+    });
+  });
   return ffi::Error::Success();
 }
 
@@ -377,7 +409,11 @@ ffi::Error LrnForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   l.coefficient = 0.0f;
   const float* in = x.typed_data();
   float* out = y->typed_data();
-  ForImages(pool, l.images, [&l, in, out](int64_t p, int64_t q) { LrnForward(l, in, out, p, q); });
+  ByChannels(l.c, [&](auto k) {
+    ForImages(pool, l.images, [&l, in, out](int64_t p, int64_t q) {
+      LrnForward<decltype(k)::value>(l, in, out, p, q);
+    });
+  });
   return ffi::Error::Success();
 }
 
@@ -397,8 +433,11 @@ ffi::Error LrnBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* in = x.typed_data();
   const float* g = gy.typed_data();
   float* out = dx->typed_data();
-  ForImages(pool, l.images,
-            [&l, in, g, out](int64_t p, int64_t q) { LrnBackward(l, in, g, out, p, q); });
+  ByChannels(l.c, [&](auto k) {
+    ForImages(pool, l.images, [&l, in, g, out](int64_t p, int64_t q) {
+      LrnBackward<decltype(k)::value>(l, in, g, out, p, q);
+    });
+  });
   return ffi::Error::Success();
 }
 
