@@ -12,6 +12,7 @@ the fast kernels are exact adjoints, not approximations.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -139,6 +140,22 @@ def max_pool_ceil_fast(x: jax.Array) -> jax.Array:
 NATIVE = ("max_pool", "avg_pool", "lrn")
 
 
+_xla_forms_only = 0
+
+
+@contextlib.contextmanager
+def xla_forms():
+    """Within it, `native_kernel` is False: sweeps trace their vmapped members so, since
+    XLA's CPU backend then assigns a layout to the members' convolutions that its
+    YNNPACK fusions refuse beside the native calls."""
+    global _xla_forms_only
+    _xla_forms_only += 1
+    try:
+        yield
+    finally:
+        _xla_forms_only -= 1
+
+
 def native_kernel(name: str) -> bool:
     """Whether the fast kernel ``name`` (one of `NATIVE`: ``"max_pool"`` for
     `max_pool_ceil_fast`, ``"avg_pool"`` for `avg_pool_ceil`, ``"lrn"`` for
@@ -148,8 +165,8 @@ def native_kernel(name: str) -> bool:
     measured, the XLA forms stay."""
     from clr_jax.harness import native
 
-    return (name in NATIVE and _backend.on_cpu() and _backend.cpu_has_avx512()
-            and native.available())
+    return (name in NATIVE and not _xla_forms_only and _backend.on_cpu()
+            and _backend.cpu_has_avx512() and native.available())
 
 
 def _pooled_size(size: tuple[int, int]) -> tuple[int, int]:

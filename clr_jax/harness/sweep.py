@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -245,7 +246,7 @@ def _finite(x):
     return x if x is None or math.isfinite(x) else None
 
 
-def sweep(
+def _sweep(
     config: TrainConfig,
     dataset: ImageDataset,
     members: Sequence[Member],
@@ -428,3 +429,11 @@ def write_report(summary: Mapping[str, Any], out: str | os.PathLike, schedule=No
                                                  ylabel="learning rate",
                                                  title="Sweep: schedules"),
                              out / "schedules.png")
+
+
+@functools.wraps(_sweep)
+def sweep(*args, **kwargs) -> dict[str, Any]:
+    from clr_jax.harness import kernels
+
+    with kernels.xla_forms():  # see kernels.xla_forms
+        return _sweep(*args, **kwargs)
