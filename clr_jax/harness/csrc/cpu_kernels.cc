@@ -90,6 +90,12 @@ void ByChannels(int64_t c, const Run& run) {
   }
 }
 
+// The windows [first, last) along one axis (size k, stride s, `count` of them) that
+// hold entry `at`: those with first * s <= at < first * s + k.
+inline std::pair<int64_t, int64_t> Holding(int64_t at, int64_t k, int64_t s, int64_t count) {
+  return {at < k ? 0 : (at - k) / s + 1, std::min(count, at / s + 1)};
+}
+
 ffi::Error Shape(ffi::Span<const int64_t> in, ffi::Span<const int64_t> out, int64_t kh,
                  int64_t kw, int64_t sh, int64_t sw, Geometry* g) {
   const size_t rank = in.size();
@@ -156,12 +162,9 @@ void MaxBackward(const Geometry& g, const int8_t* __restrict index, const float*
   const int64_t c = kC ? kC : g.c;
   for (int64_t n = first; n < last; ++n) {
     for (int64_t yy = 0; yy < g.h; ++yy) {
-      // windows oy with oy * sh <= yy < oy * sh + kh
-      const int64_t oy0 = yy < g.kh ? 0 : (yy - g.kh) / g.sh + 1;
-      const int64_t oy1 = std::min(g.oh, yy / g.sh + 1);
+      const auto [oy0, oy1] = Holding(yy, g.kh, g.sh, g.oh);
       for (int64_t xx = 0; xx < g.w; ++xx) {
-        const int64_t ox0 = xx < g.kw ? 0 : (xx - g.kw) / g.sw + 1;
-        const int64_t ox1 = std::min(g.ow, xx / g.sw + 1);
+        const auto [ox0, ox1] = Holding(xx, g.kw, g.sw, g.ow);
         float* __restrict d = dx + ((n * g.h + yy) * g.w + xx) * c;
         for (int64_t ch = 0; ch < c; ++ch) d[ch] = 0.0f;
         for (int64_t oy = oy0; oy < oy1; ++oy) {
@@ -209,11 +212,9 @@ void AvgBackward(const Geometry& g, const float* __restrict gy, float* __restric
   const int64_t c = kC ? kC : g.c;
   for (int64_t n = first; n < last; ++n) {
     for (int64_t yy = 0; yy < g.h; ++yy) {
-      const int64_t oy0 = yy < g.kh ? 0 : (yy - g.kh) / g.sh + 1;
-      const int64_t oy1 = std::min(g.oh, yy / g.sh + 1);
+      const auto [oy0, oy1] = Holding(yy, g.kh, g.sh, g.oh);
       for (int64_t xx = 0; xx < g.w; ++xx) {
-        const int64_t ox0 = xx < g.kw ? 0 : (xx - g.kw) / g.sw + 1;
-        const int64_t ox1 = std::min(g.ow, xx / g.sw + 1);
+        const auto [ox0, ox1] = Holding(xx, g.kw, g.sw, g.ow);
         float* __restrict d = dx + ((n * g.h + yy) * g.w + xx) * c;
         for (int64_t ch = 0; ch < c; ++ch) d[ch] = 0.0f;
         for (int64_t oy = oy0; oy < oy1; ++oy) {
